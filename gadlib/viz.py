@@ -1,0 +1,284 @@
+"""Figures from arrays and tidy tables: heat-map overlays, score distributions, shot curves, ROC.
+
+Every helper is pure: it takes arrays or DataFrames and returns a matplotlib ``Axes`` or
+``Figure``; nothing is shown or written, except by :func:`save_figure`. Figures are built with the
+object API (``matplotlib.figure.Figure``), not pyplot, so they work under any backend (Agg
+included), hold no global state and need no closing; notebooks display a returned Figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+from sklearn.metrics import roc_curve
+
+from gadlib import metrics
+
+__all__ = [
+    "overlay_heatmap",
+    "heatmap_grid",
+    "score_distributions",
+    "metric_vs_shots",
+    "roc_curves",
+    "save_figure",
+]
+
+HEAT_CMAP = "jet"
+MASK_COLOUR = "lime"
+
+
+def _check_image_and_map(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None) -> None:
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}.")
+    if anomaly_map.shape != image.shape[:2]:
+        raise ValueError(
+            f"anomaly_map has shape {anomaly_map.shape} but the image is {image.shape[:2]}; "
+            "upsample the map to the image size first (e.g. gadlib.kernels.scoring)."
+        )
+    if mask is not None and mask.shape != image.shape[:2]:
+        raise ValueError(f"mask has shape {mask.shape} but the image is {image.shape[:2]}; they must match.")
+
+
+def overlay_heatmap(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray | None = None,
+    alpha: float = 0.5,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Draw an image with its anomaly map as a translucent heat layer and the mask outlined.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB (or float in [0, 1]) or ``(H, W)`` grey image.
+        anomaly_map: ``(H, W)`` scores, higher = more anomalous.
+        mask: optional ``(H, W)`` ground truth in {0, 1}; its boundary is drawn as a contour.
+        alpha: opacity of the heat layer.
+        vmin, vmax: colour range of the heat layer; default the map's own min and max.
+        ax: axes to draw on; a new figure is made when omitted.
+
+    Returns:
+        The axes: ``ax.images[0]`` is the image, ``ax.images[1]`` the heat layer.
+    """
+    image, anomaly_map = np.asarray(image), np.asarray(anomaly_map)
+    mask = None if mask is None else np.asarray(mask)
+    _check_image_and_map(image, anomaly_map, mask)
+    if ax is None:
+        ax = Figure(figsize=(4, 4), layout="constrained").add_subplot()
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    ax.imshow(anomaly_map, cmap=HEAT_CMAP, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if mask is not None and np.any(mask):
+        ax.contour((mask > 0).astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
+    ax.set_axis_off()
+    return ax
+
+
+def heatmap_grid(
+    images: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    shared_scale: bool = True,
+) -> Figure:
+    """Lay out several queries as (image, overlay) pairs, ``ncols`` queries per row.
+
+    With ``shared_scale=True`` (default) every overlay uses one colour range, the min and max
+    over all maps, and one colour bar is drawn: equal colours mean equal scores, so queries can
+    be compared. ``shared_scale=False`` stretches each map to its own range, which shows the
+    shape of every map but makes a normal image's noise look as hot as a real defect.
+
+    Args:
+        images: N images, ``(H, W, 3)`` or ``(H, W)``; sizes may differ between queries.
+        maps: N anomaly maps, each the size of its image.
+        masks: optional N ground-truth masks (or None entries) to outline.
+        titles: optional N titles, written above each pair.
+        ncols: queries per row.
+        shared_scale: one colour range for all maps (see above).
+
+    Returns:
+        The figure; per query, the first axes holds the image and the second the overlay.
+    """
+    if len(images) != len(maps) or len(images) == 0:
+        raise ValueError(f"give one map per image (and at least one): got {len(images)} images, {len(maps)} maps.")
+    masks = [None] * len(images) if masks is None else list(masks)
+    titles = [""] * len(images) if titles is None else list(titles)
+    if len(masks) != len(images) or len(titles) != len(images):
+        raise ValueError(
+            f"masks and titles need one entry per image ({len(images)}); got {len(masks)} and {len(titles)}."
+        )
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}.")
+    arrays = [np.asarray(m, dtype=float) for m in maps]
+    vmin = min(float(m.min()) for m in arrays) if shared_scale else None
+    vmax = max(float(m.max()) for m in arrays) if shared_scale else None
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig = Figure(figsize=(2.2 * 2 * ncols, 2.4 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, 2 * ncols, squeeze=False)
+    for index, (image, anomaly_map, mask, title) in enumerate(zip(images, arrays, masks, titles)):
+        row, col = divmod(index, ncols)
+        image_ax, overlay_ax = axes[row, 2 * col], axes[row, 2 * col + 1]
+        image = np.asarray(image)
+        image_ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        image_ax.set_axis_off()
+        image_ax.set_title(title, fontsize=8, loc="left")
+        overlay_heatmap(image, anomaly_map, mask=mask, vmin=vmin, vmax=vmax, ax=overlay_ax)
+    for ax in axes.ravel()[2 * len(images) :]:
+        ax.set_axis_off()
+    if shared_scale:
+        heat = axes[0, 1].images[1]  # an opaque twin, so the bar shows the colours at full strength
+        opaque = ScalarMappable(norm=heat.norm, cmap=heat.get_cmap())
+        fig.colorbar(opaque, ax=axes, shrink=0.8, label="anomaly score")
+    return fig
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: the table lacks column(s) {missing}; it has {list(frame.columns)}.")
+
+
+def score_distributions(
+    frame: pd.DataFrame, score_col: str = "score", label_col: str = "label", by: str | None = None
+) -> Figure:
+    """Histograms with KDE of normal vs anomalous scores, one panel per value of ``by``.
+
+    Densities are normalised per class, so a small anomalous class stays visible.
+    """
+    _require_columns(frame, [score_col, label_col] + ([by] if by else []), "score_distributions")
+    data = frame.assign(_class=frame[label_col].map({0: "normal", 1: "anomalous"}))
+    if data["_class"].isna().any():
+        found = sorted(frame[label_col].unique())
+        raise ValueError(f"{label_col} must hold 0 (normal) or 1 (anomalous); found {found}.")
+    groups = [(None, data)] if by is None else list(data.groupby(by, sort=True))
+    fig = Figure(figsize=(3.6 * len(groups), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False, sharex=True)[0]
+    for ax, (name, group) in zip(axes, groups):
+        sns.histplot(
+            data=group, x=score_col, hue="_class", hue_order=["normal", "anomalous"], stat="density",
+            common_norm=False, kde=group[score_col].nunique() > 1, element="step", ax=ax,
+        )
+        ax.set_title("" if name is None else f"{by} = {name}", fontsize=9)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.set_title(None)
+    return fig
+
+
+def _per_seed_means(tidy: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    # Average over categories (and datasets) within one seed first, then summarise the seeds.
+    per_seed = tidy.groupby(keys + ["seed"], sort=True)["value"].mean().reset_index()
+    summary = per_seed.groupby(keys, sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)  # a single seed has no spread to draw
+    return summary
+
+
+def metric_vs_shots(
+    tidy: pd.DataFrame,
+    metric: str = "image_auroc",
+    hue: str = "method",
+    col: str | None = None,
+    reference: pd.DataFrame | None = None,
+) -> Figure:
+    """Mean ± std over seeds of one metric against the number of normal shots.
+
+    Rows of ``tidy`` (columns dataset, category, domain, method, shots, abnormal_shots, seed,
+    metric, value) are first averaged over everything but (col, hue, shots, seed), e.g. over
+    categories; the seeds then give the mean (line) and sample std (error bar). The x axis is
+    log2 with a tick at every shot count.
+
+    Args:
+        tidy: tidy results table.
+        metric: which ``metric`` rows to plot.
+        hue: column giving one line per value.
+        col: optional column giving one panel per value.
+        reference: optional published numbers, columns (shots, value, label) and optionally
+            ``col``; drawn as dashed lines with open markers, one per label.
+
+    Returns:
+        The figure; every line is an ``ErrorbarContainer`` in ``ax.containers`` whose label is its hue value.
+    """
+    _require_columns(tidy, ["shots", "seed", "metric", "value", hue] + ([col] if col else []), "metric_vs_shots")
+    rows = tidy[tidy["metric"] == metric]
+    if rows.empty:
+        present = sorted(tidy["metric"].unique())
+        raise ValueError(f"metric_vs_shots: no rows with metric == {metric!r}; present: {present}.")
+    if (rows["shots"] <= 0).any():
+        raise ValueError("metric_vs_shots draws shots on a log2 axis; drop the shots <= 0 rows (plot them separately).")
+    keys = [c for c in (col, hue) if c] + ["shots"]
+    if "abnormal_shots" in rows.columns and "abnormal_shots" not in keys and rows["abnormal_shots"].nunique() > 1:
+        raise ValueError(
+            "metric_vs_shots: rows mix several abnormal_shots values, which would be averaged together; "
+            "filter to one value or pass hue='abnormal_shots' or col='abnormal_shots'."
+        )
+    summary = _per_seed_means(rows, keys)
+    panels = [(None, summary)] if col is None else list(summary.groupby(col, sort=True))
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    shot_ticks = sorted(rows["shots"].unique())
+    if reference is not None:
+        _require_columns(reference, ["shots", "value", "label"], "metric_vs_shots reference")
+        shot_ticks = sorted(set(shot_ticks) | set(reference["shots"].unique()))
+    for ax, (panel, panel_rows) in zip(axes, panels):
+        for name, line in panel_rows.groupby(hue, sort=True):
+            x, mean, std = (line[c].to_numpy(dtype=float) for c in ("shots", "mean", "std"))
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=str(name))
+        if reference is not None:
+            ref = reference if panel is None or col not in reference.columns else reference[reference[col] == panel]
+            for label, ref_line in ref.groupby("label", sort=True):
+                ref_line = ref_line.sort_values("shots")
+                x, value = ref_line["shots"].to_numpy(dtype=float), ref_line["value"].to_numpy(dtype=float)
+                ax.plot(x, value, linestyle="--", marker="s", mfc="none", label=str(label))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shot_ticks, labels=[str(int(s)) for s in shot_ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("normal shots (k)")
+        ax.set_title("" if panel is None else f"{col} = {panel}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
+    axes[-1].legend(fontsize=8)
+    return fig
+
+
+def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """ROC curves of several scorers on one axes, each labelled with its AUROC.
+
+    Args:
+        curves: name -> (labels, scores), labels in {0, 1}, higher score = more anomalous.
+    """
+    if not curves:
+        raise ValueError("roc_curves needs at least one (labels, scores) pair.")
+    fig = Figure(figsize=(4.2, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for name, (labels, scores) in curves.items():
+        auroc = metrics.image_auroc(labels, scores)  # also validates the pair
+        fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores))
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", aspect="equal")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (parent folders created) and release it; returns the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"save_figure writes PNG; give a path ending in .png, got {path.name!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot, which holds on to it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
