@@ -1,0 +1,129 @@
+"""Content-addressed on-disk feature cache.
+
+A feature file's address is ``sha256(backbone key)`` / ``sha1(image bytes)``: the backbone key holds
+the model name, the weights digest, the levels, the image size and the normalisation, so any change
+of those, or of the image's bytes, misses the cache; renaming or moving a file does not. Files are
+written atomically (temporary file + rename), so an interrupted run never leaves a half-written entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from gadlib.backbones import Backbone
+from gadlib.data.images import read_image, to_tensor
+
+
+def default_cache_dir() -> Path:
+    """``$GADLIB_CACHE``, else ``~/.cache/gadlib``."""
+    return Path(os.environ.get("GADLIB_CACHE", Path.home() / ".cache" / "gadlib"))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def image_digest(path: str | Path) -> str:
+    """SHA-1 of a file's bytes, memoised on (path, size, mtime)."""
+    stat = os.stat(path)
+    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _DIGESTS:
+        with open(path, "rb") as handle:
+            _DIGESTS[memo_key] = hashlib.sha1(handle.read()).hexdigest()
+    return _DIGESTS[memo_key]
+
+
+def default_device() -> torch.device:
+    """CUDA when a GPU is present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class FeatureCache:
+    """Backbone features of image files, computed once and reused across runs.
+
+    Args:
+        backbone: the frozen feature extractor.
+        root: cache folder; defaults to :func:`default_cache_dir`.
+        batch_size: images per forward pass when features are missing.
+        device: where the backbone runs; defaults to CUDA if available.
+        progress: show a tqdm bar while extracting.
+        dtype: storage precision (float16 halves the disk use; features return as float32).
+    """
+
+    def __init__(self, backbone: Backbone, root: str | Path | None = None, batch_size: int = 32,
+                 device: str | torch.device | None = None, progress: bool = True,
+                 dtype: torch.dtype = torch.float16):
+        self.backbone = backbone
+        self.device = torch.device(device) if device is not None else default_device()
+        self.backbone.to(self.device)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.dtype = dtype
+        key = backbone.key() + f";dtype={dtype}"
+        self.folder = Path(root or default_cache_dir()) / "features" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config_file = self.folder / "config.json"
+        if not config_file.exists():
+            config_file.write_text(json.dumps({"backbone_key": key}, indent=1))
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, digest: str) -> Path:
+        return self.folder / digest[:2] / f"{digest}.safetensors"
+
+    def _extract(self, paths: Sequence[str], digests: Sequence[str]) -> None:
+        prep = self.backbone.preprocess
+        bar = tqdm(total=len(paths), desc=f"features {self.backbone.name}", unit="img",
+                   disable=not self.progress, leave=False)
+        for start in range(0, len(paths), self.batch_size):
+            chunk = paths[start:start + self.batch_size]
+            images = torch.stack([to_tensor(read_image(p), prep) for p in chunk]).to(self.device)
+            levels = self.backbone(images)
+            for i, digest in enumerate(digests[start:start + self.batch_size]):
+                tensors = {f"level{j}": level[i].to(self.dtype).cpu().contiguous() for j, level in enumerate(levels)}
+                target = self._entry(digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(f".tmp{os.getpid()}")
+                save_file(tensors, str(tmp))
+                os.replace(tmp, target)
+            bar.update(len(chunk))
+        bar.close()
+
+    def ensure(self, paths: Sequence[str]) -> list[str]:
+        """Extract (with one progress bar) whatever of ``paths`` is not cached yet; return the digests."""
+        paths = [str(p) for p in paths]
+        digests = [image_digest(p) for p in paths]
+        todo = {d: p for p, d in zip(paths, digests) if not self._entry(d).exists()}
+        self.misses += len(todo)
+        self.hits += len(paths) - len(todo)
+        if todo:
+            self._extract(list(todo.values()), list(todo.keys()))
+        return digests
+
+    def get(self, paths: Sequence[str]) -> list[torch.Tensor]:
+        """Features of ``paths`` as one ``(N, C_l, h_l, w_l)`` float32 tensor per level (on the CPU)."""
+        if len(paths) == 0:
+            raise ValueError("FeatureCache.get: no image paths given")
+        stored = [load_file(str(self._entry(d))) for d in self.ensure(paths)]
+        return [torch.stack([s[f"level{j}"] for s in stored]).float() for j in range(len(stored[0]))]
+
+
+_SHARED: dict[tuple, FeatureCache] = {}
+
+
+def shared_cache(name: str, levels: Sequence[int] | None = None, image_size: int = 224,
+                 weights: str | None = None, root: str | Path | None = None,
+                 device: str | None = None, progress: bool = True) -> FeatureCache:
+    """One FeatureCache (and one loaded backbone) per configuration in this process."""
+    key = (name, tuple(levels) if levels else None, image_size, weights, str(root or default_cache_dir()), device)
+    if key not in _SHARED:
+        backbone = Backbone(name, levels=levels, image_size=image_size, weights=weights)
+        _SHARED[key] = FeatureCache(backbone, root=root, device=device, progress=progress)
+    _SHARED[key].progress = progress
+    return _SHARED[key]

@@ -1,0 +1,105 @@
+"""Training-free nearest-normal residual baseline (few-shot PatchCore style).
+
+Each query patch is scored by its distance to the nearest patch among *all positions of all k normal
+references*; the patch map is upsampled bilinearly to the image size, smoothed with a Gaussian
+(sigma = 4 px) and the image score is its maximum. Abnormal references are ignored.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from gadlib.backbones import DEFAULT_BACKBONE
+from gadlib.cache import FeatureCache, shared_cache
+from gadlib.kernels.patches import align_levels, local_aggregate, to_patches
+from gadlib.kernels.residual import nearest_per_group
+from gadlib.kernels.scoring import image_score, upsample_blur
+from gadlib.methods.base import Method, References, Scores, register_method
+
+
+@register_method("knn")
+class KNNResidual(Method):
+    """Nearest-normal patch distance.
+
+    Args:
+        backbone: timm model name of the frozen feature extractor.
+        levels: backbone feature levels (timm ``out_indices``); ``None`` = the backbone's default.
+        image_size: square input size in pixels; pixel maps have this size.
+        grid: where levels are aligned: ``"coarsest"`` (cheap; default), ``"finest"``, or a side length.
+        neighbourhood: local aggregation window (PatchCore uses 3).
+        metric: ``"l2"`` or ``"cosine"``.
+        sigma: Gaussian smoothing of the pixel map, in pixels.
+        reduction: image score from the map, ``"max"`` or ``"top1%"``.
+        query_batch: queries scored at once (bounds memory together with the kernel's chunks).
+        backbone_weights: local weights file for backbones without packaged weights.
+        cache_dir: feature cache folder (default ``$GADLIB_CACHE`` or ``~/.cache/gadlib``).
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        progress: show progress bars.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
+                 image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
+                 metric: str = "l2", sigma: float = 4.0, reduction: str = "max", query_batch: int = 64,
+                 backbone_weights: str | None = None, cache_dir: str | None = None,
+                 device: str | None = None, progress: bool = True):
+        self.backbone = backbone
+        self.levels = levels
+        self.image_size = image_size
+        self.grid = grid
+        self.neighbourhood = neighbourhood
+        self.metric = metric
+        self.sigma = sigma
+        self.reduction = reduction
+        self.query_batch = query_batch
+        self.backbone_weights = backbone_weights
+        self.cache_dir = cache_dir
+        self.device = device
+        self.progress = progress
+
+    def feature_cache(self) -> FeatureCache:
+        return shared_cache(self.backbone, self.levels, self.image_size, self.backbone_weights,
+                            self.cache_dir, self.device, self.progress)
+
+    def patch_features(self, paths: Sequence[str]) -> torch.Tensor:
+        """``(B, D, H, W)`` aggregated, level-aligned patch features of ``paths``."""
+        cache = self.feature_cache()
+        levels = [local_aggregate(level, self.neighbourhood) for level in cache.get(paths)]
+        return align_levels(levels, self.grid).to(cache.device)
+
+    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
+        k = len(references.normal)
+        return self.predict_shots(queries, references, [k], with_pixel)[k]
+
+    def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
+                      with_pixel: bool = True) -> dict[int, Scores]:
+        """Scores for the first k normal references, for every k in ``shots``, in one matching pass.
+
+        Each query patch is matched once against every reference image separately; a running minimum
+        over references gives the nearest-normal distance for every prefix of the references.
+        """
+        shots = sorted(set(shots))
+        if not references.normal or shots[0] < 1 or shots[-1] > len(references.normal):
+            raise ValueError(f"shots {shots} need 1 <= k <= {len(references.normal)} normal references")
+        refs = list(references.normal[:shots[-1]])
+        cache = self.feature_cache()
+        cache.ensure(refs + list(queries))
+        ref_features = self.patch_features(refs)
+        cells = ref_features.shape[-2] * ref_features.shape[-1]
+        bank = to_patches(ref_features)
+        image_scores: dict[int, list] = {k: [] for k in shots}
+        pixel_maps: dict[int, list] = {k: [] for k in shots}
+        batches = range(0, len(queries), self.query_batch)
+        for start in tqdm(batches, desc="knn scoring", unit="batch", disable=not self.progress, leave=False):
+            features = self.patch_features(queries[start:start + self.query_batch])
+            n, _, h, w = features.shape
+            per_ref = nearest_per_group(to_patches(features), bank, cells, self.metric)
+            nearest_first_k = torch.cummin(per_ref, dim=1).values
+            for k in shots:
+                maps = upsample_blur(nearest_first_k[:, k - 1].reshape(n, h, w), self.image_size, self.sigma)
+                image_scores[k].append(image_score(maps, self.reduction).cpu())
+                if with_pixel:
+                    pixel_maps[k].append(maps.cpu())
+        return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
+                          pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in shots}
