@@ -1,0 +1,115 @@
+"""The ``gad`` command: evaluate methods, inspect datasets, run notebooks.
+
+Thin by design: every command parses its options and calls one library function.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="gadlib: generalist anomaly detection study kit")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset manifests and checks")
+app.add_typer(data_app, name="data")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 1,2,4,8; got '{text}'")
+    if not values:
+        raise typer.BadParameter(f"{option} is empty")
+    return values
+
+
+@app.command()
+def evaluate(
+    dataset: str = typer.Option(..., help="elpv | textile | synth | <manifest>:PATH | folder:PATH"),
+    method: str = typer.Option("knn", help="registered method name (see `gad methods`)"),
+    shots: str = typer.Option("1,2,4,8", help="numbers of normal references k"),
+    seeds: str = typer.Option("0,1,2", help="reference-draw seeds"),
+    abnormal_shots: int = typer.Option(0, help="m abnormal references per episode"),
+    abnormal_source: str = typer.Option("real", help="real | simulated"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a saved method (.safetensors + .json)"),
+    backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
+    backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
+    image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the method's)"),
+    out: Path = typer.Option(..., help="run folder to write (replaced atomically)"),
+    metric: str = typer.Option("image_auroc", help="metric of the printed table"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Evaluate a method on a dataset; write tidy CSV + episodes + summary, print mean ± std."""
+    from gadlib.results import summary_table, to_markdown
+    from gadlib.study import run_evaluation
+
+    params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
+                                    backbone_weights=str(backbone_weights) if backbone_weights else None).items()
+              if v is not None}
+    try:
+        result = run_evaluation(dataset, method, _ints(shots, "--shots"), _ints(seeds, "--seeds"), out,
+                                method_params=params, checkpoint=checkpoint, abnormal_shots=abnormal_shots,
+                                abnormal_source=abnormal_source, progress=not quiet)
+    except (ValueError, FileNotFoundError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(to_markdown(summary_table(result.tidy, metric)))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def methods() -> None:
+    """List registered methods."""
+    from gadlib.methods import list_methods
+
+    for name in list_methods():
+        typer.echo(name)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List datasets that have a manifest."""
+    from gadlib.data.manifests import list_manifests, load_manifest
+
+    for name in list_manifests():
+        typer.echo(f"{name:28s} {load_manifest(name).get('title', '')}")
+
+
+@data_app.command("verify")
+def data_verify(name: str, path: Optional[Path] = typer.Argument(None)) -> None:
+    """Check a local copy of a dataset against its manifest; exit 1 if anything is missing."""
+    from gadlib.data.manifests import verify
+
+    try:
+        report = verify(name, path)
+    except (ValueError, FileNotFoundError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(str(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def notebook(
+    path: Path = typer.Argument(..., help="notebook to execute, e.g. notebooks/00_quickstart.ipynb"),
+    out: Path = typer.Argument(..., help="results folder (replaced atomically)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE (YAML value), repeatable"),
+) -> None:
+    """Execute a parameterised notebook with papermill into a results folder."""
+    import yaml
+
+    from gadlib.notebooks import run_notebook
+
+    params = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--param takes KEY=VALUE, got '{item}'")
+        params[key] = yaml.safe_load(value)
+    executed = run_notebook(path, out, params)
+    typer.echo(f"wrote {executed}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

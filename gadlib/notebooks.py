@@ -1,0 +1,29 @@
+"""Execute parameterised notebooks with papermill into an atomically replaced results folder."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from gadlib.results import atomic_folder
+
+
+def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None = None,
+                 kernel_name: str = "python3") -> Path:
+    """Run ``notebook`` with ``parameters`` (plus ``out_dir``); return the executed copy's final path.
+
+    The notebook writes its tables and figures into ``out_dir``; papermill writes the executed copy
+    beside them. Everything lands in a temporary folder that replaces ``out`` only on success.
+    """
+    import papermill
+
+    notebook, out = Path(notebook), Path(out)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: notebook not found")
+    with atomic_folder(out) as folder:
+        start = time.perf_counter()
+        papermill.execute_notebook(str(notebook), str(folder / notebook.name),
+                                   parameters=dict(parameters or {}, out_dir=str(folder)),
+                                   kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
+                                   progress_bar=False)
+        (folder / "runtime_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return out / notebook.name

