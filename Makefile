@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 study: $(STAMP)
 	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)
+	$(BIN)/gad embed $(STUDY_OUT)/table_image_auroc.md README.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -98,7 +98,10 @@ class Backbone(nn.Module):
                 f"CLI: --backbone-weights PATH). Default backbone without a file: '{DEFAULT_BACKBONE}'.")
         if weights_path is not None and not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: backbone weights file not found")
-        full = timm.create_model(name, pretrained=False)
+        # A random network is seeded, so that its "random-init" cache key names one set of features.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            full = timm.create_model(name, pretrained=False)
         if weights_path is not None:
             _load_state_dict(full, name, weights_path)
             self.weights_digest = file_digest(str(weights_path))

@@ -24,6 +24,19 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
+def _key_values(items: list[str], option: str) -> dict:
+    """``["a=1", "b=[1, 2]"]`` -> ``{"a": 1, "b": [1, 2]}`` (values parsed as YAML)."""
+    import yaml
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{option} takes KEY=VALUE, got '{item}'")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
 @app.command()
 def evaluate(
     dataset: str = typer.Option(..., help="elpv | textile | synth | <manifest>:PATH | folder:PATH"),
@@ -36,6 +49,8 @@ def evaluate(
     backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
     backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
     image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the method's)"),
+    method_param: list[str] = typer.Option([], "--method-param", "-m",
+                                           help="hyper-parameter KEY=VALUE (YAML value), repeatable"),
     out: Path = typer.Option(..., help="run folder to write (replaced atomically)"),
     metric: str = typer.Option("image_auroc", help="metric of the printed table"),
     quiet: bool = typer.Option(False, help="no progress bars"),
@@ -47,6 +62,7 @@ def evaluate(
     params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
                                     backbone_weights=str(backbone_weights) if backbone_weights else None).items()
               if v is not None}
+    params.update(_key_values(method_param, "--method-param"))
     try:
         result = run_evaluation(dataset, method, _ints(shots, "--shots"), _ints(seeds, "--seeds"), out,
                                 method_params=params, checkpoint=checkpoint, abnormal_shots=abnormal_shots,
@@ -97,18 +113,30 @@ def notebook(
     param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE (YAML value), repeatable"),
 ) -> None:
     """Execute a parameterised notebook with papermill into a results folder."""
-    import yaml
-
     from gadlib.notebooks import run_notebook
 
-    params = {}
-    for item in param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--param takes KEY=VALUE, got '{item}'")
-        params[key] = yaml.safe_load(value)
-    executed = run_notebook(path, out, params)
+    executed = run_notebook(path, out, _key_values(param, "--param"))
     typer.echo(f"wrote {executed}")
+
+
+@app.command("embed")
+def embed(
+    table: Path = typer.Argument(..., help="a generated Markdown file, e.g. results/embedded/table_image_auroc.md"),
+    readme: Path = typer.Argument(Path("README.md")),
+    marker: str = typer.Option("embedded-table", help="name in the <!-- NAME:start/end --> markers"),
+) -> None:
+    """Copy a generated table into the README between its markers (README numbers stay generated)."""
+    from gadlib.results import embed_in_readme
+
+    if not table.is_file():
+        typer.secho(f"error: {table}: no such table; run `make study` first", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        changed = embed_in_readme(readme, marker, table.read_text())
+    except (ValueError, FileNotFoundError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{readme}: {'updated' if changed else 'unchanged'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

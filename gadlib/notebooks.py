@@ -16,7 +16,7 @@ def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None 
     """
     import papermill
 
-    notebook, out = Path(notebook), Path(out)
+    notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
     with atomic_folder(out) as folder:

@@ -141,3 +141,21 @@ def read_tidy(folder: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no tidy.csv; is this a gadlib run folder?")
     return pd.read_csv(path)
+
+
+def embed_in_readme(readme: str | Path, marker: str, text: str) -> bool:
+    """Replace the block between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` with ``text``.
+
+    Keeps README tables generated from result files, never typed. Returns whether the file changed.
+    """
+    readme = Path(readme)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{readme}: markers '{start}' and '{end}' not found; add them where the table belongs")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    updated = f"{head}{start}\n{text.strip()}\n{end}{tail}"
+    if updated != content:
+        readme.write_text(updated)
+    return updated != content

@@ -146,7 +146,7 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
                         None, progress)
     with atomic_folder(out) as folder:
         result = evaluate(frame, model, name, shots, seeds, abnormal_shots, abnormal_source, categories,
-                          folder / "simulated_refs", progress)
+                          None, progress)
         cache = getattr(model, "feature_cache", None)
         if cache is not None:
             record["backbone_key"] = cache().backbone.key()

@@ -66,7 +66,8 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
         abnormal_source: ``"real"`` (from the anomalous test images, removed from the queries) or
             ``"simulated"`` (cut-and-paste on normal references, written to ``simulated_dir``).
         dataset: dataset name, recorded in ``Episode.target``.
-        simulated_dir: where simulated abnormal references are written (needed for ``"simulated"``).
+        simulated_dir: where simulated abnormal references are written; default
+            ``<feature cache>/simulated`` (deterministic files, so recorded paths stay valid).
     """
     if shots < 1 or abnormal_shots < 0:
         raise ValueError(f"shots must be >= 1 and abnormal_shots >= 0, got {shots} and {abnormal_shots}")
@@ -97,7 +98,9 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
         abnormal_masks = anomalous["mask_path"].iloc[picks].tolist()
     elif abnormal_shots:
         if simulated_dir is None:
-            raise ValueError("simulated abnormal references need simulated_dir (where to write them)")
+            from gadlib.cache import default_cache_dir
+
+            simulated_dir = default_cache_dir() / "simulated"
         abnormal_refs, abnormal_masks = _simulate_refs(normal_refs, abnormal_shots, seed, target, Path(simulated_dir))
     used = set(normal_refs) | set(abnormal_refs)
     queries = [p for p in test["image_path"] if p not in used]

@@ -1,0 +1,81 @@
+"""The `gad` command: what it prints equals what it writes; bad input exits with a clear message."""
+from __future__ import annotations
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from gadlib.cli import app
+from gadlib.results import read_tidy, summary_table, to_markdown
+
+runner = CliRunner()
+
+
+def test_evaluate_prints_the_table_it_writes(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "--shots", "1,2", "--seeds", "0,1,2",
+                                 "--image-size", "64", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = to_markdown(summary_table(read_tidy(out), "image_auroc"))
+    assert expected in result.output
+    tidy = read_tidy(out)
+    assert sorted(tidy["shots"].unique()) == [1, 2] and sorted(tidy["seed"].unique()) == [0, 1, 2]
+
+
+def test_evaluate_bad_shots_and_unknown_dataset(tmp_path):
+    bad = runner.invoke(app, ["evaluate", "--dataset", "elpv", "--shots", "two", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.output
+    unknown = runner.invoke(app, ["evaluate", "--dataset", "no_such_set", "--out", str(tmp_path / "y")])
+    assert unknown.exit_code == 2 and "unknown dataset 'no_such_set'" in unknown.output
+    assert not (tmp_path / "y").exists()
+
+
+def test_evaluate_unknown_method(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    res = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "--method", "nope", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "registered methods" in res.output
+
+
+def test_methods_and_data_list():
+    assert "knn" in runner.invoke(app, ["methods"]).output.split()
+    listing = runner.invoke(app, ["data", "list"]).output
+    assert "mvtec_ad" in listing and "elpv" in listing
+
+
+def test_data_verify_reports_missing_copy(tmp_path):
+    res = runner.invoke(app, ["data", "verify", "mvtec_ad", str(tmp_path / "nowhere")])
+    assert res.exit_code == 1
+    assert "nowhere" in res.output
+
+
+def test_data_verify_elpv_matches_manifest():
+    res = runner.invoke(app, ["data", "verify", "elpv"])
+    assert res.exit_code == 0, res.output
+
+
+def test_method_param_reaches_the_method(tiny_suite, tmp_path):
+    import json
+
+    root, _ = tiny_suite
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "--shots", "1", "--seeds", "0",
+                              "--image-size", "64", "-m", "grid=finest", "-m", "sigma=2", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    params = json.loads((out / "params.json").read_text())["method_params"]
+    assert params["grid"] == "finest" and params["sigma"] == 2 and params["image_size"] == 64
+    bad = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "-m", "oops", "--out", str(out)])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+
+
+def test_embed_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    table = tmp_path / "table.md"
+    table.write_text("| a |\n|---|\n| 1 |\n")
+    res = runner.invoke(app, ["embed", str(table), str(readme), "--marker", "t"])
+    assert res.exit_code == 0 and "updated" in res.output
+    assert readme.read_text() == "intro\n<!-- t:start -->\n| a |\n|---|\n| 1 |\n<!-- t:end -->\noutro\n"
+    again = runner.invoke(app, ["embed", str(table), str(readme), "--marker", "t"])
+    assert "unchanged" in again.output
+    missing = runner.invoke(app, ["embed", str(table), str(readme), "--marker", "nope"])
+    assert missing.exit_code == 2 and "markers" in missing.output

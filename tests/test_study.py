@@ -1,0 +1,150 @@
+"""The study loop, run folders and aggregation: known answers, protocol invariants, clean failures."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gadlib.methods import create_method
+from gadlib.results import format_mean_std, read_tidy, summarize, summary_table, to_markdown
+from gadlib.study import TIDY_COLUMNS, evaluate, run_evaluation
+
+KNN = dict(image_size=64, progress=False)
+
+
+def test_evaluate_rows_and_protocol(tiny_suite):
+    _, frame = tiny_suite
+    result = evaluate(frame, create_method("knn", **KNN), "synth", shots=[1, 2, 4], seeds=[0, 1, 2], progress=False)
+    tidy = result.tidy
+    assert list(tidy.columns) == TIDY_COLUMNS
+    # 2 categories x 3 seeds x 3 shots, each with 3 image + 4 pixel metrics (masks exist)
+    assert len(tidy) == 2 * 3 * 3 * 7
+    assert set(tidy["metric"]) == {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
+                                   "pixel_aupro", "pixel_best_dice"}
+    assert tidy["value"].between(0, 1).all()
+    assert len(result.episodes) == 2 * 3 * 3
+    for episode in result.episodes:
+        assert not set(episode.normal_refs) & set(episode.queries)
+    # per-query scores: every query of every episode, labels copied from the table
+    labels = frame.set_index("image_path")["label"]
+    assert (result.scores["label"].to_numpy() == labels.loc[result.scores["image_path"]].to_numpy()).all()
+    n_test = (frame["split"] == "test").sum()
+    assert len(result.scores) == n_test * 3 * 3
+
+
+def test_second_run_reuses_cached_features(tiny_suite):
+    _, frame = tiny_suite
+    method = create_method("knn", **KNN)
+    first = evaluate(frame, method, "synth", shots=[2], seeds=[0], progress=False)
+    cache = method.feature_cache()
+    misses = cache.misses
+    second = evaluate(frame, method, "synth", shots=[2], seeds=[0], progress=False)
+    assert cache.misses == misses
+    pd.testing.assert_frame_equal(first.tidy, second.tidy)
+
+
+def test_run_folder_contents(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    out = tmp_path / "run"
+    result = run_evaluation(f"folder:{root}", "knn", [1, 2], [0, 1, 2], out, method_params=dict(image_size=64),
+                            progress=False)
+    assert {p.name for p in out.iterdir()} >= {"tidy.csv", "episodes.json", "params.json", "environment.json",
+                                               "summary.md", "scores.csv.gz"}
+    pd.testing.assert_frame_equal(read_tidy(out), result.tidy, check_dtype=False)
+    episodes = json.loads((out / "episodes.json").read_text())
+    assert len(episodes) == 2 * 3 * 2 and {"normal_refs", "queries", "seed"} <= set(episodes[0])
+    params = json.loads((out / "params.json").read_text())
+    assert params["shots"] == [1, 2] and "efficientnet_lite0" in params["backbone_key"]
+    assert "pixel_aupro" in (out / "summary.md").read_text()
+
+
+def _copy_suite(root, tmp_path):
+    copy = tmp_path / "suite"
+    shutil.copytree(root, copy)
+    return copy
+
+
+def test_k_larger_than_pool_fails_before_writing(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="reference pool.*holds only 4"):
+        run_evaluation(f"folder:{root}", "knn", [8], [0], out, method_params=KNN)
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_mask_size_mismatch_fails_before_writing(tiny_suite, tmp_path):
+    copy = _copy_suite(tiny_suite[0], tmp_path)
+    mask = sorted(copy.glob("tile/ground_truth/*/*.png"))[0]
+    Image.new("L", (32, 32)).save(mask)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=f"{mask.name}.*32x32.*64x64"):
+        run_evaluation(f"folder:{copy}", "knn", [1], [0], out, method_params=KNN)
+    assert not out.exists()
+
+
+def test_corrupt_image_fails_cleanly(tiny_suite, tmp_path):
+    copy = _copy_suite(tiny_suite[0], tmp_path)
+    broken = sorted(copy.glob("screw/test/good/*.png"))[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=f"{broken.name}.*cannot decode"):
+        run_evaluation(f"folder:{copy}", "knn", [1], [0], out, method_params=KNN)
+    assert not out.exists()
+
+
+def test_empty_category_folder_is_an_error(tiny_suite, tmp_path):
+    copy = _copy_suite(tiny_suite[0], tmp_path)
+    (copy / "empty_part" / "train" / "good").mkdir(parents=True)
+    (copy / "empty_part" / "test" / "good").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty_part"):
+        run_evaluation(f"folder:{copy}", "knn", [1], [0], tmp_path / "run", method_params=KNN)
+
+
+def _tidy(values: dict[tuple[str, int], float]) -> pd.DataFrame:
+    rows = [dict(dataset="d", category=c, domain="x", method="m", shots=2, abnormal_shots=0, seed=s,
+                 metric="image_auroc", value=v) for (c, s), v in values.items()]
+    return pd.DataFrame(rows)
+
+
+def test_summarize_macro_over_categories_then_seeds():
+    # per seed, the mean over categories: seed0 (0.6+0.8)/2=0.7, seed1 (0.7+0.9)/2=0.8, seed2 (0.8+1.0)/2=0.9
+    tidy = _tidy({("a", 0): 0.6, ("b", 0): 0.8, ("a", 1): 0.7, ("b", 1): 0.9, ("a", 2): 0.8, ("b", 2): 1.0})
+    row = summarize(tidy).iloc[0]
+    assert row["mean"] == pytest.approx(0.8)
+    assert row["std"] == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
+    assert row["seeds"] == 3 and row["categories"] == 2
+    table = summary_table(tidy)
+    assert table.loc[0, "shots=2"] == "80.0 ± 10.0"
+    with pytest.raises(ValueError, match="no rows for metric 'pixel_auroc'"):
+        summary_table(tidy, "pixel_auroc")
+
+
+def test_format_and_markdown():
+    assert format_mean_std(0.8234, 0.0123) == "82.3 ± 1.2"
+    text = to_markdown(pd.DataFrame({"a": [1, None], "b": ["x", "y"]}))
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.0 | x |", "|  | y |"]
+
+
+def test_evaluate_needs_shots_and_seeds(tiny_suite):
+    _, frame = tiny_suite
+    with pytest.raises(ValueError, match="at least one k"):
+        evaluate(frame, create_method("knn", **KNN), "synth", shots=[], seeds=[0])
+
+
+def test_simulated_abnormal_refs_are_recorded(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    out = tmp_path / "run"
+    result = run_evaluation(f"folder:{root}", "knn", [2], [0], out, method_params=KNN, abnormal_shots=1,
+                            abnormal_source="simulated", progress=False)
+    episode = result.episodes[0]
+    assert episode.abnormal_shots == 1 and episode.abnormal_source == "simulated"
+    ref = episode.abnormal_refs[0]
+    assert Path(ref).is_file() and Path(episode.abnormal_masks[0]).is_file()
+    assert ref not in episode.queries
+    assert set(result.tidy["abnormal_shots"]) == {1}
+    assert np.isfinite(result.tidy["value"]).all()
