@@ -1,0 +1,259 @@
+"""Tests of the pure tensor kernels (gadlib.kernels: patches, residual, scoring)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from gadlib.kernels.patches import align_levels, local_aggregate, to_patches
+from gadlib.kernels.residual import nearest_neighbour, nearest_per_group, residual
+from gadlib.kernels.scoring import (gaussian_blur, gaussian_kernel1d, image_score, topk_mean, upsample,
+                                    upsample_blur)
+
+
+def _brute_force(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if metric == "l2":
+        dist = torch.cdist(queries, bank)
+    else:
+        dist = 1 - torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    value, index = dist.min(dim=1)
+    return value, index
+
+
+@pytest.fixture
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    # float64 so that the expanded |q|^2 + |b|^2 - 2 q.b form cannot flip a near-tie against cdist.
+    return (torch.randn(23, 6, generator=gen, dtype=torch.float64),
+            torch.randn(17, 6, generator=gen, dtype=torch.float64))
+
+
+# -- nearest_neighbour ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nearest_neighbour_matches_brute_force(data, metric):
+    queries, bank = data
+    expected_dist, expected_idx = _brute_force(queries, bank, metric)
+    dist, idx = nearest_neighbour(queries, bank, metric)
+    assert torch.equal(idx, expected_idx)
+    torch.testing.assert_close(dist, expected_dist, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nearest_neighbour_chunking_changes_nothing(data, metric):
+    queries, bank = data
+    whole = nearest_neighbour(queries, bank, metric)
+    chunked = nearest_neighbour(queries, bank, metric, query_chunk=7, bank_chunk=5)
+    assert torch.equal(chunked[1], whole[1])
+    # indices are identical; distances agree to rounding (BLAS may sum a blocked matmul differently)
+    torch.testing.assert_close(chunked[0], whole[0], atol=1e-12, rtol=1e-12)
+    expected_dist, expected_idx = _brute_force(queries, bank, metric)
+    assert torch.equal(chunked[1], expected_idx)
+
+
+def test_nearest_neighbour_known_answer():
+    bank = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 5.0]])
+    queries = torch.tensor([[1.0, 0.0], [9.0, 0.0], [0.0, 3.0], [10.0, 0.0]])
+    dist, idx = nearest_neighbour(queries, bank, "l2", query_chunk=1, bank_chunk=1)
+    assert idx.tolist() == [0, 1, 2, 1]
+    torch.testing.assert_close(dist, torch.tensor([1.0, 1.0, 2.0, 0.0]))
+
+
+def test_nearest_neighbour_of_bank_rows_is_themselves(data):
+    _, bank = data
+    dist, idx = nearest_neighbour(bank, bank, "l2", query_chunk=4, bank_chunk=3)
+    assert torch.equal(idx, torch.arange(len(bank)))
+    assert dist.abs().max() < 1e-6
+    # cosine ignores scale: a scaled copy of a row is at distance 0 from it
+    dist, idx = nearest_neighbour(3.5 * bank, bank, "cosine")
+    assert torch.equal(idx, torch.arange(len(bank)))
+    assert dist.abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("queries, bank, metric, match", [
+    (torch.zeros(3, 4), torch.zeros(5, 4), "manhattan", "metric"),
+    (torch.zeros(3, 4), torch.zeros(5, 3), "l2", "expected queries"),
+    (torch.zeros(3), torch.zeros(5, 3), "l2", "expected queries"),
+    (torch.zeros(3, 4), torch.zeros(0, 4), "l2", "empty"),
+])
+def test_nearest_neighbour_errors(queries, bank, metric, match):
+    with pytest.raises(ValueError, match=match):
+        nearest_neighbour(queries, bank, metric)
+
+
+# -- nearest_per_group -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("chunks", [{}, {"query_chunk": 7, "bank_chunk": 5}, {"query_chunk": 3, "bank_chunk": 1}])
+def test_nearest_per_group_equals_per_group_brute_force(metric, chunks):
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(19, 5, generator=gen, dtype=torch.float64)
+    group_size, groups = 4, 6
+    bank = torch.randn(groups * group_size, 5, generator=gen, dtype=torch.float64)
+    out = nearest_per_group(queries, bank, group_size, metric, **chunks)
+    assert out.shape == (19, groups)
+    for g in range(groups):
+        expected, _ = _brute_force(queries, bank[g * group_size:(g + 1) * group_size], metric)
+        torch.testing.assert_close(out[:, g], expected, atol=1e-9, rtol=1e-9)
+    # the running minimum over groups is the nearest neighbour among the first g groups
+    running = torch.cummin(out, dim=1).values
+    for g in range(1, groups + 1):
+        expected, _ = nearest_neighbour(queries, bank[:g * group_size], metric)
+        torch.testing.assert_close(running[:, g - 1], expected, atol=1e-9, rtol=1e-9)
+    assert (running[:, 1:] <= running[:, :-1]).all()
+
+
+@pytest.mark.parametrize("group_size, rows", [(0, 8), (3, 8), (4, 0)])
+def test_nearest_per_group_errors(group_size, rows):
+    with pytest.raises(ValueError, match="group_size"):
+        nearest_per_group(torch.zeros(2, 3), torch.zeros(rows, 3), group_size)
+    with pytest.raises(ValueError, match="metric"):
+        nearest_per_group(torch.zeros(2, 3), torch.zeros(4, 3), 2, metric="dot")
+
+
+# -- residual -----------------------------------------------------------------------------------------
+
+def test_residual_modes_hand_example():
+    queries = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    bank = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 1.0]])
+    indices = torch.tensor([1, 2])
+    diff = residual(queries, bank, indices, "difference")
+    torch.testing.assert_close(diff, torch.tensor([[-2.0, 1.0], [-1.0, -2.0]]))
+    torch.testing.assert_close(residual(queries, bank, indices, "squared"), torch.tensor([[4.0, 1.0], [1.0, 4.0]]))
+    with pytest.raises(ValueError, match="mode"):
+        residual(queries, bank, indices, "absolute")
+
+
+def test_residual_after_matching_is_zero_for_bank_rows(data):
+    _, bank = data
+    _, idx = nearest_neighbour(bank, bank)
+    assert residual(bank, bank, idx).abs().max() == 0
+
+
+# -- patches ------------------------------------------------------------------------------------------
+
+def test_local_aggregate_identity_and_known_windows():
+    features = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6) ** 1.5
+    assert torch.equal(local_aggregate(features, 1), features)
+    out = local_aggregate(features, 3)
+    assert out.shape == features.shape
+    # interior (y=2, x=3): the full 3x3 window
+    torch.testing.assert_close(out[1, 2, 2, 3], features[1, 2, 1:4, 2:5].mean())
+    # corner (0, 0): only the 2x2 real neighbours count (padding excluded from the mean)
+    torch.testing.assert_close(out[0, 1, 0, 0], features[0, 1, 0:2, 0:2].mean())
+    # bottom-right corner and an edge
+    torch.testing.assert_close(out[0, 0, 4, 5], features[0, 0, 3:5, 4:6].mean())
+    torch.testing.assert_close(out[0, 0, 0, 3], features[0, 0, 0:2, 2:5].mean())
+    # a constant map stays constant, including at the borders
+    torch.testing.assert_close(local_aggregate(torch.full((1, 2, 4, 4), 7.0), 3), torch.full((1, 2, 4, 4), 7.0))
+
+
+def test_local_aggregate_even_size_raises():
+    with pytest.raises(ValueError, match="odd"):
+        local_aggregate(torch.zeros(1, 1, 4, 4), 4)
+
+
+def test_align_levels_shapes_and_constants():
+    levels = [torch.full((2, 3, 8, 8), 1.0), torch.full((2, 5, 4, 4), 2.0), torch.full((2, 2, 2, 2), 3.0)]
+    assert align_levels(levels, "coarsest").shape == (2, 10, 2, 2)
+    assert align_levels(levels, "finest").shape == (2, 10, 8, 8)
+    for grid in ("coarsest", "finest", 4, 3):
+        out = align_levels(levels, grid)
+        side = {"coarsest": 2, "finest": 8}.get(grid, grid)
+        assert out.shape == (2, 10, side, side)
+        torch.testing.assert_close(out[:, :3], torch.full((2, 3, side, side), 1.0))
+        torch.testing.assert_close(out[:, 3:8], torch.full((2, 5, side, side), 2.0))
+        torch.testing.assert_close(out[:, 8:], torch.full((2, 2, side, side), 3.0))
+
+
+def test_align_levels_downsampling_is_area_average():
+    fine = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    out = align_levels([fine, torch.zeros(1, 1, 2, 2)], "coarsest")
+    torch.testing.assert_close(out[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+
+
+@pytest.mark.parametrize("grid", ["middle", 0, -2])
+def test_align_levels_bad_grid(grid):
+    with pytest.raises(ValueError, match="grid"):
+        align_levels([torch.zeros(1, 1, 4, 4)], grid)
+
+
+def test_to_patches_order():
+    features = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    patches = to_patches(features)
+    assert patches.shape == (8, 3)
+    # row index = image * H * W + y * W + x
+    assert torch.equal(patches[1 * 4 + 1 * 2 + 0], features[1, :, 1, 0])
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, sigma", [(64, 4.0), (32, 2.0), (16, 4.0), (40, 0.0)])
+def test_upsample_blur_equals_blur_of_upsample(size, sigma):
+    maps = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = gaussian_blur(upsample(maps, size), sigma)
+    out = upsample_blur(maps, size, sigma)
+    assert out.shape == (3, size, size)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_upsample_blur_non_square_map():
+    maps = torch.rand(2, 6, 4, generator=torch.Generator().manual_seed(3))
+    expected = gaussian_blur(upsample(maps, 24), 2.0)
+    torch.testing.assert_close(upsample_blur(maps, 24, 2.0), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 20.0])
+def test_gaussian_blur_of_constant_is_constant(sigma):
+    maps = torch.full((2, 30, 30), 3.25)
+    torch.testing.assert_close(gaussian_blur(maps, sigma), maps)
+
+
+def test_gaussian_kernel_follows_scipy_radius_rule():
+    kernel = gaussian_kernel1d(4.0)
+    assert len(kernel) == 2 * 16 + 1
+    torch.testing.assert_close(kernel.sum(), torch.tensor(1.0))
+    assert torch.equal(kernel, kernel.flip(0))
+
+
+def test_gaussian_blur_impulse_and_scipy_interior():
+    sigma = 2.0
+    impulse = torch.zeros(1, 41, 41)
+    impulse[0, 20, 20] = 1.0
+    blurred = gaussian_blur(impulse, sigma)
+    assert abs(blurred.sum().item() - 1.0) < 1e-4
+    assert blurred[0].argmax().item() == 20 * 41 + 20
+    rng = np.random.default_rng(4)
+    array = rng.random((40, 50)).astype(np.float32)
+    ours = gaussian_blur(torch.from_numpy(array)[None], sigma)[0].numpy()
+    theirs = ndimage.gaussian_filter(array.astype(np.float64), sigma, mode="reflect", truncate=4.0)
+    radius = int(4.0 * sigma + 0.5)
+    # borders differ (torch's reflect excludes the edge pixel, scipy's includes it); the interior agrees
+    np.testing.assert_allclose(ours[radius:-radius, radius:-radius], theirs[radius:-radius, radius:-radius],
+                               atol=1e-5)
+
+
+def test_gaussian_blur_zero_sigma_is_identity():
+    maps = torch.rand(1, 5, 5)
+    assert gaussian_blur(maps, 0) is maps
+
+
+def test_topk_mean_and_image_score_known_answers():
+    maps = torch.arange(200, dtype=torch.float32).reshape(2, 10, 10)
+    torch.testing.assert_close(topk_mean(maps, 0.05), torch.tensor([97.0, 197.0]))   # mean of top 5
+    torch.testing.assert_close(topk_mean(maps, 0.0), torch.tensor([99.0, 199.0]))    # at least one value
+    torch.testing.assert_close(topk_mean(maps, 0.011), torch.tensor([98.5, 198.5]))  # ceil(1.1) = 2
+    torch.testing.assert_close(image_score(maps, "max"), torch.tensor([99.0, 199.0]))
+    torch.testing.assert_close(image_score(maps, "top1%"), torch.tensor([99.0, 199.0]))  # 1 % of 100 = 1
+    big = torch.arange(400, dtype=torch.float32).reshape(1, 20, 20)
+    torch.testing.assert_close(image_score(big, "top1%"), torch.tensor([(399 + 398 + 397 + 396) / 4]))
+    with pytest.raises(ValueError, match="reduction"):
+        image_score(maps, "mean")
+
+
+def test_nearest_per_group_rejects_mismatched_widths():
+    from gadlib.kernels.residual import nearest_per_group
+
+    with pytest.raises(ValueError, match=r"\(N, D\).*\(M, D\)"):
+        nearest_per_group(torch.zeros(3, 4), torch.zeros(6, 5), group_size=3)
