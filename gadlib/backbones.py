@@ -10,7 +10,8 @@ whose name starts with ``test_`` (timm's tiny test networks) are allowed only wi
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -36,8 +37,7 @@ def _packaged_weights(name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=16)
-def file_digest(path: str) -> str:
+def file_digest(path: str | Path) -> str:
     """SHA-256 of a file (hex, first 16 characters)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -46,22 +46,51 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_state_dict(model: nn.Module, name: str, weights: Path) -> None:
-    """Load ``weights`` into ``model``; the packaged EfficientNet-Lite0 file is mapped by key order."""
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    target = model.state_dict()
-    if weights == _packaged_weights(name):
-        if len(state) != len(target):
-            raise ValueError(f"{weights}: {len(state)} tensors, timm's {name} has {len(target)}; "
-                             "the packaged weights do not match this timm version")
-        state = dict(zip(target.keys(), state.values()))
-    for key, value in state.items():
-        if key in target and target[key].shape != value.shape:
-            raise ValueError(f"{weights}: tensor {key} has shape {tuple(value.shape)}, "
-                             f"timm's {name} expects {tuple(target[key].shape)}")
-    model.load_state_dict(state)
+def timm_weights_file(name: str, weights: Path) -> Path:
+    """A weights file with timm's key names for ``name``.
+
+    The packaged EfficientNet-Lite0 file uses other key names in the same order as timm's; it is
+    renamed once into ``<cache>/weights/`` (atomically). Any other file is returned unchanged and is
+    loaded by timm itself, which also handles its feature-extractor renames.
+    """
+    packaged = _packaged_weights(name)
+    if packaged is None or weights.resolve() != packaged.resolve():
+        return weights
+    from safetensors.torch import save_file
+
+    from gadlib.cache import default_cache_dir
+
+    target = default_cache_dir() / "weights" / f"{name}-{file_digest(weights)}.safetensors"
+    if not target.is_file():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        keys = timm.create_model(name, pretrained=False).state_dict()
+        if len(state) != len(keys) or any(v.shape != keys[k].shape for k, v in zip(keys, state.values())):
+            raise ValueError(f"{weights}: the packaged tensors do not line up with timm's {name}; "
+                             "check the timm version")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in zip(keys, state.values())}, str(tmp))
+        os.replace(tmp, target)
+    return target
+
+
+def create_timm(name: str, weights: Path | None, **kwargs) -> nn.Module:
+    """``timm.create_model`` from a local file (timm's ``pretrained_cfg_overlay``), or seeded random."""
+    if weights is None:
+        # A random network is seeded, so that its "random-init" cache key names one set of features.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return timm.create_model(name, pretrained=False, **kwargs)
+    builder_log = logging.getLogger("timm.models._builder")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)  # "unexpected keys" is expected: features_only drops the head
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+    except (RuntimeError, KeyError) as err:  # timm raises either for a state dict of another model
+        raise ValueError(f"{weights}: these weights do not fit timm's '{name}' ({str(err)[:300]}); "
+                         f"pass the weights file of '{name}' itself") from err
+    finally:
+        builder_log.setLevel(level)
 
 
 def load_classifier(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> nn.Module:
@@ -69,9 +98,7 @@ def load_classifier(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     path = Path(weights) if weights else _packaged_weights(name)
     if path is None:
         raise FileNotFoundError(f"no weights for '{name}': pass weights=PATH to a local .pth/.safetensors file")
-    model = timm.create_model(name, pretrained=False)
-    _load_state_dict(model, name, path)
-    return model.eval()
+    return create_timm(name, timm_weights_file(name, path)).eval()
 
 
 class Backbone(nn.Module):
@@ -98,21 +125,11 @@ class Backbone(nn.Module):
                 f"CLI: --backbone-weights PATH). Default backbone without a file: '{DEFAULT_BACKBONE}'.")
         if weights_path is not None and not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: backbone weights file not found")
-        # A random network is seeded, so that its "random-init" cache key names one set of features.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            full = timm.create_model(name, pretrained=False)
-        if weights_path is not None:
-            _load_state_dict(full, name, weights_path)
-            self.weights_digest = file_digest(str(weights_path))
-        else:
-            self.weights_digest = "random-init"
-        self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=self.levels)
-        missing = self.model.load_state_dict(full.state_dict(), strict=False).missing_keys
-        if missing:
-            raise RuntimeError(f"backbone '{name}': feature extractor lacks weights for {missing[:3]}")
+        self.model = create_timm(name, timm_weights_file(name, weights_path) if weights_path else None,
+                                 features_only=True, out_indices=self.levels)
+        self.weights_digest = file_digest(weights_path) if weights_path is not None else "random-init"
         self.model.eval().requires_grad_(False)
-        config = timm.data.resolve_data_config({}, model=full)
+        config = timm.data.resolve_data_config({}, model=self.model)
         self.preprocess = Preprocess(image_size=image_size, mean=tuple(config["mean"]),
                                      std=tuple(config["std"]),
                                      resample=str(config.get("interpolation", "bicubic")))

@@ -96,12 +96,14 @@ class FeatureCache:
         bar.close()
 
     def ensure(self, paths: Sequence[str]) -> list[str]:
-        """Extract (with one progress bar) whatever of ``paths`` is not cached yet; return the digests."""
+        """Extract (with one progress bar) whatever of ``paths`` is not cached yet; return the digests.
+
+        ``misses`` counts images extracted; ``hits`` counts images :meth:`get` served without extracting.
+        """
         paths = [str(p) for p in paths]
         digests = [image_digest(p) for p in paths]
         todo = {d: p for p, d in zip(paths, digests) if not self._entry(d).exists()}
         self.misses += len(todo)
-        self.hits += len(paths) - len(todo)
         if todo:
             self._extract(list(todo.values()), list(todo.keys()))
         return digests
@@ -110,7 +112,9 @@ class FeatureCache:
         """Features of ``paths`` as one ``(N, C_l, h_l, w_l)`` float32 tensor per level (on the CPU)."""
         if len(paths) == 0:
             raise ValueError("FeatureCache.get: no image paths given")
+        misses = self.misses
         stored = [load_file(str(self._entry(d))) for d in self.ensure(paths)]
+        self.hits += len(paths) - (self.misses - misses)
         return [torch.stack([s[f"level{j}"] for s in stored]).float() for j in range(len(stored[0]))]
 
 

@@ -81,6 +81,8 @@ def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"expected queries (N, D) and bank (M, D), got {tuple(queries.shape)} and {tuple(bank.shape)}")
     if group_size < 1 or bank.shape[0] == 0 or bank.shape[0] % group_size:
         raise ValueError(f"bank rows ({bank.shape[0]}) must be a positive multiple of group_size ({group_size})")
     if metric == "cosine":
