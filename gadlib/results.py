@@ -5,6 +5,7 @@ target only when complete, so a failing run never leaves a half-written results 
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
@@ -127,12 +128,25 @@ def write_run(folder: Path, result, params: dict) -> None:
     if result.scores is not None:
         result.scores.to_csv(folder / "scores.csv.gz", index=False)
     episodes = [json.loads(ep.to_json()) for ep in result.episodes]
-    (folder / "episodes.json").write_text(json.dumps(episodes, indent=1))
+    # Queries repeat across k and seeds: gzip keeps the full record at a few percent of the size.
+    with gzip.open(folder / "episodes.json.gz", "wt") as handle:
+        json.dump(episodes, handle)
     (folder / "params.json").write_text(json.dumps(params, indent=1, default=str))
     (folder / "environment.json").write_text(json.dumps(environment_info(), indent=1))
     metrics = [m for m in ("image_auroc", "pixel_auroc", "pixel_aupro") if m in set(result.tidy["metric"])]
     text = "".join(f"## {m}\n\n" + to_markdown(summary_table(result.tidy, m)) + "\n" for m in metrics)
     (folder / "summary.md").write_text(text)
+
+
+def read_episodes(folder: str | Path) -> list:
+    """The episodes (reference draws) recorded in a run folder."""
+    from gadlib.data.references import Episode
+
+    path = Path(folder) / "episodes.json.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no episodes record; is this a gadlib run folder?")
+    with gzip.open(path, "rt") as handle:
+        return [Episode(**item) for item in json.load(handle)]
 
 
 def read_tidy(folder: str | Path) -> pd.DataFrame:

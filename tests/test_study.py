@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from gadlib.methods import create_method
-from gadlib.results import format_mean_std, read_tidy, summarize, summary_table, to_markdown
+from gadlib.results import format_mean_std, read_episodes, read_tidy, summarize, summary_table, to_markdown
 from gadlib.study import TIDY_COLUMNS, evaluate, run_evaluation
 
 KNN = dict(image_size=64, progress=False)
@@ -53,11 +53,13 @@ def test_run_folder_contents(tiny_suite, tmp_path):
     out = tmp_path / "run"
     result = run_evaluation(f"folder:{root}", "knn", [1, 2], [0, 1, 2], out, method_params=dict(image_size=64),
                             progress=False)
-    assert {p.name for p in out.iterdir()} >= {"tidy.csv", "episodes.json", "params.json", "environment.json",
+    assert {p.name for p in out.iterdir()} >= {"tidy.csv", "episodes.json.gz", "params.json", "environment.json",
                                                "summary.md", "scores.csv.gz"}
     pd.testing.assert_frame_equal(read_tidy(out), result.tidy, check_dtype=False)
-    episodes = json.loads((out / "episodes.json").read_text())
-    assert len(episodes) == 2 * 3 * 2 and {"normal_refs", "queries", "seed"} <= set(episodes[0])
+    episodes = read_episodes(out)
+    assert len(episodes) == 2 * 3 * 2
+    assert [(e.target, e.seed, e.shots, e.queries) for e in episodes] == \
+        [(e.target, e.seed, e.shots, e.queries) for e in result.episodes]
     params = json.loads((out / "params.json").read_text())
     assert params["shots"] == [1, 2] and "efficientnet_lite0" in params["backbone_key"]
     assert "pixel_aupro" in (out / "summary.md").read_text()
