@@ -88,8 +88,10 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
         for k, scores in scores_by_k.items():
             all_episodes.append(episodes[k])
             for domain, keep in _domain_groups(queries):
+                if len(np.unique(labels[keep])) < 2:
+                    continue  # AUROC is undefined without both normal and anomalous queries
                 values = image_metrics(labels[keep], scores.image[keep])
-                if masks is not None:
+                if masks is not None and masks[keep].any():
                     values.update(pixel_metrics(masks[keep], scores.pixel[keep]))
                 base = dict(dataset=dataset, category=category, domain=domain, method=method.name, shots=k,
                             abnormal_shots=abnormal_shots, seed=seed)

@@ -150,3 +150,17 @@ def test_simulated_abnormal_refs_are_recorded(tiny_suite, tmp_path):
     assert ref not in episode.queries
     assert set(result.tidy["abnormal_shots"]) == {1}
     assert np.isfinite(result.tidy["value"]).all()
+
+
+def test_domain_without_anomalies_gets_no_undefined_metrics(tiny_suite):
+    """A domain whose queries are all normal yields rows only for the domains where AUROC is defined."""
+    _, frame = tiny_suite
+    frame = frame.copy()
+    normal_screws = (frame["category"] == "screw") & (frame["label"] == 0) & (frame["split"] == "test")
+    frame.loc[normal_screws, "domain"] = "lab_b"
+    frame.loc[frame["category"] == "tile", "domain"] = "lab_a"
+    result = evaluate(frame, create_method("knn", **KNN), "synth", shots=[1], seeds=[0], progress=False)
+    screw_domains = set(result.tidy.loc[result.tidy["category"] == "screw", "domain"])
+    # screw queries: normal ones in lab_b, anomalous ones in "synthetic": the pooled group only
+    assert screw_domains == {"lab_b+synthetic"}
+    assert set(result.tidy.loc[result.tidy["category"] == "tile", "domain"]) == {"lab_a"}

@@ -33,17 +33,22 @@ class Preprocess:
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
+def _decode(path: Path, mode: str, what: str) -> Image.Image:
+    """Fully decode ``path`` into PIL ``mode``; a broken file becomes a ``ValueError`` naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot decode {what} ({err}); replace or remove the corrupt file") from err
+
+
 def read_image(path: str | Path) -> Image.Image:
     """Open an image fully as RGB, turning a broken file into a clear ``ValueError``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found; check the dataset path or re-run its parser")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot decode image ({err}); replace or remove the corrupt file") from err
+    return _decode(path, "RGB", "image")
 
 
 def read_mask(path: str | Path | None, image_size: tuple[int, int]) -> np.ndarray:
@@ -59,12 +64,7 @@ def read_mask(path: str | Path | None, image_size: tuple[int, int]) -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mask not found; check the dataset's ground_truth folder")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mask = img.convert("L")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot decode mask ({err}); replace the corrupt file") from err
+    mask = _decode(path, "L", "mask")
     if mask.size != tuple(image_size):
         raise ValueError(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
                          f"{image_size[0]}x{image_size[1]} (width x height); masks must match their image")
