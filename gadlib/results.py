@@ -95,6 +95,31 @@ def summarize(tidy: pd.DataFrame, by: Sequence[str] = ("dataset", "domain", "met
     return out
 
 
+def defect_auroc(scores: pd.DataFrame) -> pd.DataFrame:
+    """Image AUROC of each defect type against all normal queries, mean ± std over seeds.
+
+    ``scores`` holds per-query rows (as in ``scores.csv.gz``: dataset, category, method, shots, seed,
+    label, defect, score). Returns columns dataset, category, method, shots, defect, mean, std, seeds.
+    """
+    from gadlib.metrics import image_auroc
+
+    rows = []
+    keys = ["dataset", "category", "method", "shots", "seed"]
+    for key, group in scores.groupby(keys):
+        normal = group[group["label"] == 0]["score"].to_numpy()
+        for defect, anomalous in group[group["label"] == 1].groupby("defect"):
+            labels = [0] * len(normal) + [1] * len(anomalous)
+            value = image_auroc(labels, list(normal) + list(anomalous["score"]))
+            rows.append(dict(zip(keys, key), defect=defect, value=value))
+    per_seed = pd.DataFrame(rows)
+    if per_seed.empty:
+        raise ValueError("no (normal, anomalous) pairs in the scores table")
+    out = per_seed.groupby(["dataset", "category", "method", "shots", "defect"], as_index=False).agg(
+        mean=("value", "mean"), std=("value", "std"), seeds=("seed", "nunique"))
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
 def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     """``0.8234, 0.0123 -> "82.3 ± 1.2"`` (percent by default)."""
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
@@ -110,6 +135,16 @@ def summary_table(tidy: pd.DataFrame, metric: str = "image_auroc",
     summary = summary.assign(cell=[format_mean_std(m, s) for m, s in zip(summary["mean"], summary["std"])])
     table = summary.pivot_table(index=list(rows), columns=columns, values="cell", aggfunc="first")
     table.columns = [f"{columns}={c}" for c in table.columns]
+    return table.reset_index()
+
+
+def defect_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`defect_auroc` as a wide mean ± std table, shots across."""
+    by_defect = defect_auroc(scores)
+    by_defect = by_defect.assign(cell=[format_mean_std(m, s) for m, s in zip(by_defect["mean"], by_defect["std"])])
+    table = by_defect.pivot_table(index=["dataset", "category", "method", "defect"], columns="shots",
+                                  values="cell", aggfunc="first")
+    table.columns = [f"shots={k}" for k in table.columns]
     return table.reset_index()
 
 

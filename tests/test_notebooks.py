@@ -35,7 +35,7 @@ def quickstart(tmp_path_factory):
 
 def test_quickstart_writes_tables_figures_and_records(quickstart):
     names = {p.name for p in quickstart.iterdir()}
-    assert {"tidy.csv", "table_image_auroc.md", "table_image_auroc.csv", "auroc_vs_shots.png",
+    assert {"tidy.csv", "table_image_auroc.md", "table_image_auroc.csv", "table_image_auroc_by_defect.md", "auroc_vs_shots.png",
             "score_distributions.png", "elpv_anomaly_maps.png", "environment.json", "parameters.json",
             "00_quickstart.ipynb", "runs"} <= names
     for png in ("auroc_vs_shots.png", "score_distributions.png", "elpv_anomaly_maps.png"):
@@ -66,3 +66,8 @@ def test_quickstart_matches_the_library_call(quickstart, tmp_path):
     tidy = pd.read_csv(quickstart / "tidy.csv")
     mine = tidy[tidy["dataset"] == "elpv"].reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, direct.tidy, check_dtype=False)
+
+
+def test_quickstart_defect_table_lists_textile_defect_types(quickstart):
+    text = (quickstart / "table_image_auroc_by_defect.md").read_text()
+    assert "| textile | textile | knn | global |" in text and "| textile | textile | knn | local |" in text

@@ -164,3 +164,19 @@ def test_domain_without_anomalies_gets_no_undefined_metrics(tiny_suite):
     # screw queries: normal ones in lab_b, anomalous ones in "synthetic": the pooled group only
     assert screw_domains == {"lab_b+synthetic"}
     assert set(result.tidy.loc[result.tidy["category"] == "tile", "domain"]) == {"lab_a"}
+
+
+def test_defect_auroc_known_answer():
+    from gadlib.results import defect_auroc
+
+    base = dict(dataset="d", category="c", method="m", shots=1)
+    rows = []
+    for seed, flip in ((0, False), (1, True)):
+        rows += [dict(base, seed=seed, label=0, defect="good", score=s) for s in (0.1, 0.2)]
+        # "big" always outranks the normals; "faint" is below both in seed 0 and between them in seed 1
+        rows += [dict(base, seed=seed, label=1, defect="big", score=0.9)]
+        rows += [dict(base, seed=seed, label=1, defect="faint", score=0.15 if flip else 0.05)]
+    table = defect_auroc(pd.DataFrame(rows)).set_index("defect")
+    assert table.loc["big", "mean"] == pytest.approx(1.0) and table.loc["big", "std"] == 0
+    assert table.loc["faint", "mean"] == pytest.approx(0.25)  # seed 0: 0.0, seed 1: 0.5
+    assert table.loc["faint", "seeds"] == 2
