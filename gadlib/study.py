@@ -75,8 +75,9 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
     tidy_rows, score_rows, all_episodes = [], [], []
     for category, seed, episodes in tqdm(plan, desc=f"{dataset} {method.name}", unit="draw", disable=not progress):
         longest = episodes[shots[-1]]
-        if any(ep.queries != longest.queries for ep in episodes.values()):
-            raise RuntimeError(f"{dataset}/{category}: queries differ across k; references must come from the pool")
+        if any(ep.queries != longest.queries or ep.abnormal_refs != longest.abnormal_refs for ep in episodes.values()):
+            raise RuntimeError(f"{dataset}/{category}: queries or abnormal references differ across k; "
+                               "one predict_shots call cannot score them")
         queries = lookup.loc[longest.queries]
         with_pixel = category in categories_with_masks
         scores_by_k = method.predict_shots(longest.queries, References.from_episode(longest), shots, with_pixel)

@@ -142,7 +142,7 @@ def test_simulated_abnormal_refs(image_frame, tmp_path):
     assert len(set(episode.abnormal_refs)) == 3
     for i, (image_file, mask_file) in enumerate(zip(episode.abnormal_refs, episode.abnormal_masks)):
         assert Path(image_file).parent == out_dir and Path(image_file).is_file() and Path(mask_file).is_file()
-        source = np.asarray(Image.open(episode.normal_refs[i % 2]).convert("RGB"))
+        source = np.asarray(Image.open(episode.notes["simulated_from"][i]).convert("RGB"))
         image = np.asarray(Image.open(image_file).convert("RGB"))
         mask = np.asarray(Image.open(mask_file)) > 0
         assert image.shape == source.shape and mask.shape == source.shape[:2]
@@ -155,6 +155,14 @@ def test_simulated_abnormal_refs(image_frame, tmp_path):
                            simulated_dir=tmp_path / "again")
     for a, b in zip(episode.abnormal_refs, again.abnormal_refs):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_simulated_refs_are_the_same_for_every_k(image_frame, tmp_path):
+    draws = [sample_episode(image_frame, "tile", k, seed=5, abnormal_shots=2, abnormal_source="simulated",
+                            simulated_dir=tmp_path) for k in (1, 2, 4)]
+    assert draws[0].abnormal_refs == draws[1].abnormal_refs == draws[2].abnormal_refs
+    pool = set(image_frame.loc[(image_frame["split"] == "train") & (image_frame["label"] == 0), "image_path"])
+    assert set(draws[0].notes["simulated_from"]) <= pool
 
 
 def test_simulated_refs_default_to_the_cache_folder(image_frame, tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 Rules (DESIGN.md, protocol): draws are seeded and recorded; for one seed the normal references are
 nested across k (the first k of one seeded permutation, so 1 in 2 in 4 in 8); references are never
 scored as queries. Abnormal references are either real (drawn from the category's anomalous test
-images, which then leave the query set) or simulated on normal reference images by cut-and-paste.
+images, which then leave the query set) or simulated by cut-and-paste on normal pool images; both
+are drawn by their own seeded stream, so they are the same for every k.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
         seed: draw seed; the same seed gives nested references for every k.
         abnormal_shots: m, abnormal references.
         abnormal_source: ``"real"`` (from the anomalous test images, removed from the queries) or
-            ``"simulated"`` (cut-and-paste on normal references, written to ``simulated_dir``).
+            ``"simulated"`` (cut-and-paste on normal pool images, written to ``simulated_dir``).
         dataset: dataset name, recorded in ``Episode.target``.
         simulated_dir: where simulated abnormal references are written; default
             ``<feature cache>/simulated`` (deterministic files, so recorded paths stay valid).
@@ -101,18 +102,22 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
             from gadlib.cache import default_cache_dir
 
             simulated_dir = default_cache_dir() / "simulated"
-        abnormal_refs, abnormal_masks = _simulate_refs(normal_refs, abnormal_shots, seed, target, Path(simulated_dir))
+        # Sources come from the pool by their own stream, so the simulated references are the same for every k.
+        order = episode_rng(seed + 3_000_017, target).permutation(len(pool))
+        sources = [pool[order[i % len(pool)]] for i in range(abnormal_shots)]
+        abnormal_refs, abnormal_masks = _simulate_refs(sources, seed, target, Path(simulated_dir))
+    notes = {"simulated_from": sources} if abnormal_shots and abnormal_source == "simulated" else {}
     used = set(normal_refs) | set(abnormal_refs)
     queries = [p for p in test["image_path"] if p not in used]
     if not queries:
         raise ValueError(f"{target}: no test images left to score after removing the references")
     return Episode(target=target, normal_refs=normal_refs, abnormal_refs=abnormal_refs,
-                   abnormal_masks=abnormal_masks, queries=queries, seed=seed, abnormal_source=abnormal_source)
+                   abnormal_masks=abnormal_masks, queries=queries, seed=seed, abnormal_source=abnormal_source,
+                   notes=notes)
 
 
-def _simulate_refs(normal_refs: list[str], count: int, seed: int, target: str,
-                   out_dir: Path) -> tuple[list[str], list[str]]:
-    """Cut-and-paste anomalies on the normal references (cycled), saved as PNG image + mask."""
+def _simulate_refs(sources: list[str], seed: int, target: str, out_dir: Path) -> tuple[list[str], list[str]]:
+    """One cut-and-paste anomaly on each source image, saved as PNG image + mask."""
     from PIL import Image
 
     from gadlib.data.images import load_rgb
@@ -121,8 +126,7 @@ def _simulate_refs(normal_refs: list[str], count: int, seed: int, target: str,
     rng = episode_rng(seed + 2_000_003, target)
     out_dir.mkdir(parents=True, exist_ok=True)
     images, masks = [], []
-    for i in range(count):
-        source = normal_refs[i % len(normal_refs)]
+    for i, source in enumerate(sources):
         image, mask = cut_paste(load_rgb(source), rng)
         stem = f"{zlib.crc32(f'{target}|{source}|{seed}|{i}'.encode()):08x}"
         image_file, mask_file = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
