@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -56,9 +55,7 @@ def timm_weights_file(name: str, weights: Path) -> Path:
     packaged = _packaged_weights(name)
     if packaged is None or weights.resolve() != packaged.resolve():
         return weights
-    from safetensors.torch import save_file
-
-    from gadlib.cache import default_cache_dir
+    from gadlib.cache import atomic_save_file, default_cache_dir
 
     target = default_cache_dir() / "weights" / f"{name}-{file_digest(weights)}.safetensors"
     if not target.is_file():
@@ -67,10 +64,7 @@ def timm_weights_file(name: str, weights: Path) -> Path:
         if len(state) != len(keys) or any(v.shape != keys[k].shape for k, v in zip(keys, state.values())):
             raise ValueError(f"{weights}: the packaged tensors do not line up with timm's {name}; "
                              "check the timm version")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in zip(keys, state.values())}, str(tmp))
-        os.replace(tmp, target)
+        atomic_save_file({k: v.contiguous() for k, v in zip(keys, state.values())}, target)
     return target
 
 

@@ -13,17 +13,26 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gadlib.backbones import Backbone
-from gadlib.data.images import read_image, to_tensor
+from gadlib.data.images import ImageDataset
 
 
 def default_cache_dir() -> Path:
     """``$GADLIB_CACHE``, else ``~/.cache/gadlib``."""
     return Path(os.environ.get("GADLIB_CACHE", Path.home() / ".cache" / "gadlib"))
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], target: Path) -> None:
+    """Write a safetensors file via a temporary sibling and a rename, so readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, target)
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -78,21 +87,16 @@ class FeatureCache:
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
     def _extract(self, paths: Sequence[str], digests: Sequence[str]) -> None:
-        prep = self.backbone.preprocess
+        dataset = ImageDataset(pd.DataFrame({"image_path": list(paths)}), self.backbone.preprocess, with_masks=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         bar = tqdm(total=len(paths), desc=f"features {self.backbone.name}", unit="img",
                    disable=not self.progress, leave=False)
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start:start + self.batch_size]
-            images = torch.stack([to_tensor(read_image(p), prep) for p in chunk]).to(self.device)
-            levels = self.backbone(images)
-            for i, digest in enumerate(digests[start:start + self.batch_size]):
+        for batch in loader:
+            levels = self.backbone(batch["image"].to(self.device))
+            for i, index in enumerate(batch["index"].tolist()):
                 tensors = {f"level{j}": level[i].to(self.dtype).cpu().contiguous() for j, level in enumerate(levels)}
-                target = self._entry(digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(f".tmp{os.getpid()}")
-                save_file(tensors, str(tmp))
-                os.replace(tmp, target)
-            bar.update(len(chunk))
+                atomic_save_file(tensors, self._entry(digests[index]))
+            bar.update(len(batch["index"]))
         bar.close()
 
     def ensure(self, paths: Sequence[str]) -> list[str]:

@@ -73,6 +73,7 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
     check_mask_sizes(test)
     categories_with_masks = set(test.loc[test["mask_path"].notna(), "category"])
     tidy_rows, score_rows, all_episodes = [], [], []
+    masks_for: dict[str, tuple[list[str], np.ndarray]] = {}
     for category, seed, episodes in tqdm(plan, desc=f"{dataset} {method.name}", unit="draw", disable=not progress):
         longest = episodes[shots[-1]]
         if any(ep.queries != longest.queries or ep.abnormal_refs != longest.abnormal_refs for ep in episodes.values()):
@@ -83,8 +84,11 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
         scores_by_k = method.predict_shots(longest.queries, References.from_episode(longest), shots, with_pixel)
         masks = None
         if with_pixel:
-            size = next(iter(scores_by_k.values())).pixel.shape[-1]
-            masks = load_masks(queries["mask_path"].tolist(), longest.queries, size)
+            # Queries repeat across seeds (references come from the pool): read their masks once.
+            if masks_for.get(category, (None,))[0] != longest.queries:
+                size = next(iter(scores_by_k.values())).pixel.shape[-1]
+                masks_for[category] = (longest.queries, load_masks(queries["mask_path"].tolist(), longest.queries, size))
+            masks = masks_for[category][1]
         labels = queries["label"].to_numpy()
         for k, scores in scores_by_k.items():
             all_episodes.append(episodes[k])
