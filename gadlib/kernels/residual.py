@@ -69,7 +69,8 @@ def residual(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor,
 
 
 def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int, metric: str = "l2",
-                      query_chunk: int = 2048, bank_chunk: int = 16384) -> torch.Tensor:
+                      query_chunk: int = 2048, bank_chunk: int = 16384,
+                      return_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Distance from each query row to its nearest row *within each group* of the bank.
 
     The bank is ``G`` consecutive groups of ``group_size`` rows (e.g. all patches of one reference
@@ -78,6 +79,8 @@ def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int
     references are scored without matching the same patches again.
 
     Shapes: ``(N, D), (G * group_size, D) -> (N, G)``; same metrics as :func:`nearest_neighbour`.
+    With ``return_index=True`` also the ``(N, G)`` bank rows of those nearest neighbours (see
+    :func:`nearest_in_first`).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
@@ -92,6 +95,7 @@ def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int
     per_block = max(1, bank_chunk // group_size)
     bank_sq = (bank * bank).sum(1)
     out = torch.empty(queries.shape[0], groups, dtype=queries.dtype, device=queries.device)
+    rows_of = torch.empty(queries.shape[0], groups, dtype=torch.long, device=queries.device) if return_index else None
     for q0 in range(0, queries.shape[0], query_chunk):
         q = queries[q0:q0 + query_chunk]
         q_sq = (q * q).sum(1, keepdim=True)
@@ -99,5 +103,21 @@ def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int
             rows = slice(g0 * group_size, min(groups, g0 + per_block) * group_size)
             dots = q @ bank[rows].T
             dist = q_sq + bank_sq[rows] - 2 * dots if metric == "l2" else 1 - dots
-            out[q0:q0 + len(q), g0:g0 + per_block] = dist.view(len(q), -1, group_size).min(dim=2).values
-    return out.clamp_min(0).sqrt() if metric == "l2" else out
+            best = dist.view(len(q), -1, group_size).min(dim=2)
+            out[q0:q0 + len(q), g0:g0 + per_block] = best.values
+            if return_index:
+                first_row = torch.arange(g0, g0 + best.indices.shape[1], device=queries.device) * group_size
+                rows_of[q0:q0 + len(q), g0:g0 + per_block] = best.indices + first_row
+    out = out.clamp_min(0).sqrt() if metric == "l2" else out
+    return (out, rows_of) if return_index else out
+
+
+def nearest_in_first(distances: torch.Tensor, rows: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest neighbour among the first ``groups`` groups, from :func:`nearest_per_group` output.
+
+    Shapes: ``(N, G), (N, G) -> distances (N,), bank rows (N,)``; ``1 <= groups <= G``.
+    """
+    if not 1 <= groups <= distances.shape[1]:
+        raise ValueError(f"groups must be in 1..{distances.shape[1]}, got {groups}")
+    best = distances[:, :groups].min(dim=1)
+    return best.values, rows.gather(1, best.indices[:, None])[:, 0]
