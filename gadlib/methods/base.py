@@ -94,7 +94,8 @@ class Method:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         params = {k: v for k, v in self.get_params().items() if _jsonable(v)}
-        meta = {"method": self.name, "params": params, "record": record}
+        # What fit() learnt besides tensors (training curve, source, backbone key): JSON beside them.
+        meta = {"method": self.name, "params": params, "record": record, "fit": getattr(self, "fit_record_", None)}
         save_file({k: v.contiguous() for k, v in self.fitted_state().items()}, str(path.with_suffix(".safetensors")))
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         return path

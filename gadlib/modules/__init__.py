@@ -1,0 +1,1 @@
+"""Trainable building blocks (torch ``nn.Module``s) shared by the trained methods."""

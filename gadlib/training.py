@@ -1,0 +1,201 @@
+"""Source-domain training data for the trained methods, and checkpoints reused across runs.
+
+* :func:`load_source` turns dataset specs (``"synth"``, ``"textile"``, ...) and a category list into
+  one schema table; categories of different datasets are prefixed so they never merge.
+* :class:`SourcePool` holds the backbone features of every source image in memory -- normal images,
+  real anomalies with masks, and anomalies simulated on normal images -- and draws training episodes:
+  k random normal references of one category plus a batch of queries of the same category that
+  never includes a reference.
+* :func:`train_or_load` fits a method once per configuration and keeps the checkpoint in the cache,
+  so a second ``make study`` reuses it; the epoch count is fixed in advance (the last epoch is kept).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gadlib.cache import FeatureCache, default_cache_dir
+
+# Bump when training code changes in a way that changes checkpoints: old ones are then retrained.
+TRAINING_VERSION = 1
+SIMULATORS = ("cut_paste", "noise_blob")
+
+
+def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = None) -> pd.DataFrame:
+    """The source domain as one schema table.
+
+    Args:
+        specs: dataset spec(s) (see :func:`gadlib.data.load.load_dataset`), e.g. ``"synth"``.
+        categories: keep only these categories (names as in the datasets); ``None`` keeps all.
+    """
+    from gadlib.data.load import load_dataset
+
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise ValueError("the source needs at least one dataset spec, e.g. --source synth")
+    frames = []
+    for spec in specs:
+        name, frame = load_dataset(spec)
+        if categories is not None:
+            frame = frame[frame["category"].isin(list(categories))]
+        if len(specs) > 1:
+            frame = frame.assign(category=name + "/" + frame["category"])
+        frames.append(frame)
+    source = pd.concat(frames, ignore_index=True)
+    if source.empty:
+        known = sorted(set().union(*(set(load_dataset(s)[1]["category"]) for s in specs)))
+        raise ValueError(f"source {specs} has no images in categories {list(categories or [])}; known: {known}")
+    return source
+
+
+def _simulate_anomalies(normal: pd.DataFrame, per_category: int, seed: int, out_dir: Path) -> pd.DataFrame:
+    """Simulated anomalies (alternating cut-and-paste / noise blob) on normal source images, as PNG + mask."""
+    from PIL import Image
+
+    from gadlib.data.images import load_rgb
+    from gadlib.data.simulate import simulate
+
+    rows = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for category, group in normal.groupby("category", sort=True):
+        paths = sorted(group["image_path"])
+        rng = np.random.default_rng([seed, zlib.crc32(str(category).encode())])
+        for i in range(per_category):
+            source = paths[i % len(paths)]
+            kind = SIMULATORS[i % len(SIMULATORS)]
+            stem = f"{zlib.crc32(f'{category}|{source}|{seed}|{i}'.encode()):08x}"
+            image_file, mask_file = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
+            image, mask = simulate(load_rgb(source), kind, rng)
+            if not (image_file.is_file() and mask_file.is_file()):
+                Image.fromarray(mask * 255).save(mask_file)
+                Image.fromarray(image).save(image_file)
+            rows.append(dict(image_path=str(image_file), mask_path=str(mask_file), label=1, defect=f"simulated_{kind}",
+                             category=category, domain=group["domain"].iloc[0], split="simulated"))
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Episode:
+    """A training episode: indices into the pool of the references and of the queries."""
+
+    category: str
+    references: np.ndarray
+    queries: np.ndarray
+
+
+class SourcePool:
+    """Features and per-level anomaly fractions of every source image, and an episode sampler.
+
+    Args:
+        source: schema table of the source domain (all splits are used: it is not a target).
+        cache: feature cache of the method's backbone.
+        simulated_per_category: anomalies simulated on normal images of each category.
+        seed: seed of the simulation.
+    """
+
+    def __init__(self, source: pd.DataFrame, cache: FeatureCache, simulated_per_category: int = 30, seed: int = 0):
+        normal = source[source["label"] == 0]
+        anomalous = source[(source["label"] == 1) & source["mask_path"].notna()]
+        dropped = int(((source["label"] == 1) & source["mask_path"].isna()).sum())
+        parts = [normal, anomalous]
+        if simulated_per_category:
+            digest = hashlib.sha256("|".join(sorted(normal["image_path"])).encode()).hexdigest()[:16]
+            parts.append(_simulate_anomalies(normal, simulated_per_category, seed,
+                                             default_cache_dir() / "source_simulated" / digest))
+        self.frame = pd.concat(parts, ignore_index=True)
+        self.dropped_without_mask = dropped
+        self.categories = sorted(self.frame["category"].unique())
+        paths = self.frame["image_path"].tolist()
+        self.levels = cache.get(paths)                       # [(N, C_l, H_l, W_l)] float32
+        size = cache.backbone.preprocess.image_size
+        from gadlib.data.images import load_masks
+
+        masks = torch.from_numpy(load_masks(self.frame["mask_path"].tolist(), paths, size)).float()[:, None]
+        # Fraction of each feature cell covered by the anomaly mask, per level.
+        self.abnormal_fraction = [F.adaptive_avg_pool2d(masks, level.shape[-2:])[:, 0] for level in self.levels]
+        labels = self.frame["label"].to_numpy()
+        categories = self.frame["category"].to_numpy()
+        self.normal_of = {c: np.flatnonzero((categories == c) & (labels == 0)) for c in self.categories}
+        self.abnormal_of = {c: np.flatnonzero((categories == c) & (labels == 1)) for c in self.categories}
+        for category, index in self.normal_of.items():
+            if len(index) < 2:
+                raise ValueError(f"source category '{category}' has {len(index)} normal image(s); "
+                                 "training episodes need at least 2 (a reference and a query)")
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def episode(self, rng: np.random.Generator, shots: int, batch_size: int,
+                anomaly_fraction: float = 0.5) -> Episode:
+        """k normal references of a random category and ``batch_size`` queries of the same category.
+
+        Queries are drawn without replacement, normal ones never from the references; about
+        ``anomaly_fraction`` of them are anomalous (real or simulated) when the category has any.
+        """
+        category = self.categories[rng.integers(len(self.categories))]
+        normal = rng.permutation(self.normal_of[category])
+        shots = min(shots, len(normal) - 1)
+        references, candidates = normal[:shots], normal[shots:]
+        abnormal = self.abnormal_of[category]
+        n_abnormal = min(len(abnormal), int(round(batch_size * anomaly_fraction)))
+        n_normal = min(len(candidates), batch_size - n_abnormal)
+        queries = np.concatenate([candidates[:n_normal], rng.choice(abnormal, n_abnormal, replace=False)])
+        return Episode(category, references, queries.astype(np.int64))
+
+
+def _jsonable_params(params: dict) -> dict:
+    skip = {"progress", "device", "cache_dir", "query_batch"}
+    return {k: v for k, v in sorted(params.items()) if k not in skip}
+
+
+def checkpoint_path(method: str, params: dict, source: str | Sequence[str], categories: Sequence[str] | None,
+                    backbone_key: str, root: str | Path | None = None) -> Path:
+    """Where the checkpoint of this exact configuration lives in the cache (without suffix)."""
+    config = dict(method=method, params=_jsonable_params(params), source=source,
+                  categories=sorted(categories) if categories is not None else None,
+                  backbone=backbone_key, version=TRAINING_VERSION)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root or default_cache_dir()) / "checkpoints" / f"{method}-{digest}"
+
+
+def train_or_load(method: str, source: str | Sequence[str], categories: Sequence[str] | None = None,
+                  params: dict | None = None, progress: bool = True, out: str | Path | None = None):
+    """Fit ``method`` on the source, or load the checkpoint of the same configuration from the cache.
+
+    Returns ``(fitted method, checkpoint path)``. ``out`` additionally copies the checkpoint there.
+    """
+    from gadlib.methods import create_method
+    from gadlib.methods.base import Method
+
+    params = dict(params or {})
+    model = create_method(method, **params, progress=progress)
+    key = model.feature_cache().backbone.key()
+    path = checkpoint_path(method, model.get_params(), source, categories, key)
+    if path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file():
+        model = Method.load(path, progress=progress)
+    else:
+        model.fit(load_source(source, categories))
+        model.save(path)
+    if out is not None:
+        model.save(out)
+    return model, path
+
+
+def iterate_epochs(epochs: int, steps_per_epoch: int, desc: str, progress: bool):
+    """``(epoch, step)`` pairs with one progress bar over all steps."""
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)
+    for epoch in range(epochs):
+        for step in range(steps_per_epoch):
+            yield epoch, step, bar
+            bar.update(1)
+    bar.close()
