@@ -75,6 +75,40 @@ def evaluate(
 
 
 @app.command()
+def train(
+    method: str = typer.Option("resad", help="registered trainable method (see `gad methods`)"),
+    source: str = typer.Option("synth", help="source dataset spec(s), comma-separated, e.g. synth or synth,textile"),
+    source_categories: Optional[str] = typer.Option(None, help="comma-separated source categories (default: all)"),
+    out: Path = typer.Option(..., help="checkpoint to write: OUT.safetensors + OUT.json"),
+    backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
+    backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
+    image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the method's)"),
+    method_param: list[str] = typer.Option([], "--method-param", "-m",
+                                           help="hyper-parameter KEY=VALUE (YAML value), repeatable, e.g. -m epochs=100"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Train a method on a source domain (fixed epoch count, last epoch kept) and save a checkpoint."""
+    from gadlib.training import train_or_load
+
+    params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
+                                    backbone_weights=str(backbone_weights) if backbone_weights else None).items()
+              if v is not None}
+    params.update(_key_values(method_param, "--method-param"))
+    specs = [s.strip() for s in source.split(",") if s.strip()]
+    categories = [c.strip() for c in source_categories.split(",") if c.strip()] if source_categories else None
+    try:
+        model, cached = train_or_load(method, specs, categories, params, progress=not quiet, out=out)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    history = (getattr(model, "fit_record_", None) or {}).get("history") or []
+    if history:
+        last = history[-1]
+        typer.echo("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+    typer.echo(f"wrote {out.with_suffix('.safetensors')} (+ .json); cached as {cached}")
+
+
+@app.command()
 def methods() -> None:
     """List registered methods."""
     from gadlib.methods import list_methods
