@@ -282,3 +282,69 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 
         plt.close(fig)
     return path
+
+
+def training_curve(history: Sequence[Mapping[str, float]]) -> Figure:
+    """Per-epoch training losses, one panel per loss term (their scales differ).
+
+    Args:
+        history: one mapping per epoch with an ``epoch`` key and one key per loss term (as a method's
+            ``fit_record_["history"]``).
+    """
+    if not history:
+        raise ValueError("training_curve: empty history (was the method trained?)")
+    frame = pd.DataFrame(list(history))
+    if "epoch" not in frame.columns:
+        raise ValueError(f"training_curve: history rows need an 'epoch' key, got {list(frame.columns)}")
+    terms = [c for c in frame.columns if c != "epoch"]
+    fig = Figure(figsize=(3.2 * len(terms), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(terms), squeeze=False)[0]
+    for ax, term in zip(axes, terms):
+        ax.plot(frame["epoch"], frame[term], marker="o", markersize=3)
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean loss per step")
+    return fig
+
+
+def compare_maps(
+    images: Sequence[np.ndarray],
+    maps_by_method: Mapping[str, Sequence[np.ndarray]],
+    masks: Sequence[np.ndarray | None] | None = None,
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """The same queries under several methods: one row per method, one column per query.
+
+    Each method's row has its own colour range (min to max over that row), because score scales of
+    different methods are not comparable; within a row, equal colours mean equal scores. The first
+    row shows the images (with ground-truth outlines when ``masks`` are given).
+    """
+    if not maps_by_method:
+        raise ValueError("compare_maps: no methods given")
+    for name, maps in maps_by_method.items():
+        if len(maps) != len(images):
+            raise ValueError(f"compare_maps: method '{name}' has {len(maps)} maps for {len(images)} images")
+    masks = [None] * len(images) if masks is None else list(masks)
+    titles = [""] * len(images) if titles is None else list(titles)
+    rows = len(maps_by_method) + 1
+    fig = Figure(figsize=(2.1 * len(images), 2.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, len(images), squeeze=False)
+    for col, (image, mask, title) in enumerate(zip(images, masks, titles)):
+        image = np.asarray(image)
+        axes[0, col].imshow(image, cmap="gray" if image.ndim == 2 else None)
+        if mask is not None and np.asarray(mask).any():
+            axes[0, col].contour(np.asarray(mask) > 0, levels=[0.5], colors=MASK_COLOUR, linewidths=0.8)
+        axes[0, col].set_title(title, fontsize=7, loc="left")
+    for row, (name, maps) in enumerate(maps_by_method.items(), start=1):
+        arrays = [np.asarray(m, dtype=float) for m in maps]
+        vmin, vmax = min(a.min() for a in arrays), max(a.max() for a in arrays)
+        for col, (image, anomaly_map, mask) in enumerate(zip(images, arrays, masks)):
+            overlay_heatmap(np.asarray(image), anomaly_map, mask=mask, vmin=vmin, vmax=vmax, ax=axes[row, col])
+        axes[row, 0].set_ylabel(name, fontsize=9)
+        axes[row, 0].axis("on")
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+    for ax in axes[0]:
+        ax.set_axis_off()
+    return fig
