@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 study: $(STAMP)
-	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)
-	$(BIN)/gad embed $(STUDY_OUT)/table_image_auroc.md README.md
+	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)/quickstart
+	$(BIN)/gad notebook notebooks/20_cross_domain.ipynb $(STUDY_OUT)/cross_domain
+	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
+	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
+	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

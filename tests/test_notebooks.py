@@ -71,3 +71,53 @@ def test_quickstart_matches_the_library_call(quickstart, tmp_path):
 def test_quickstart_defect_table_lists_textile_defect_types(quickstart):
     text = (quickstart / "table_image_auroc_by_defect.md").read_text()
     assert "| textile | textile | knn | global |" in text and "| textile | textile | knn | local |" in text
+
+
+@pytest.fixture(scope="module")
+def cross_domain(tmp_path_factory):
+    """The cross-domain notebook on a tiny suite: 2 source categories, 1 unseen target category."""
+    from gadlib.data.synth import generate_suite
+
+    root = tmp_path_factory.mktemp("cross_suite")
+    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
+                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
+    spec = f"synth:{root}"
+    small = dict(image_size=64, epochs=2, steps_per_epoch=5, batch_size=6, train_shots=2, flow_blocks=2,
+                 position_dim=8, simulated_per_category=4)
+    params = dict(source=spec, source_categories=["tile", "wood_grain"], targets={spec: ["leather"]},
+                  resad_params=small, knn_params={"image_size": 64}, shots=[1, 2], seeds=[0, 1, 2],
+                  ablations={"no constraintor": {"constraintor": False},
+                             "transductive": {"normalization": "transductive"}},
+                  ablation_shots=[2], ablation_targets=[spec], n_overlays=2, progress=False)
+    out = tmp_path_factory.mktemp("cross") / "cross_domain"
+    run_notebook(Path(__file__).resolve().parents[1] / "notebooks" / "20_cross_domain.ipynb", out, params)
+    return out
+
+
+def test_cross_domain_writes_tables_figures_and_records(cross_domain):
+    names = {p.name for p in cross_domain.iterdir()}
+    assert {"tidy.csv", "table_image_auroc.md", "table_pixel.md", "table_ablation.md", "auroc_vs_shots.png",
+            "training_curve.png", "training_curve.csv", "runs",
+            "environment.json", "parameters.json", "20_cross_domain.ipynb"} <= names
+    assert any(n.startswith("maps_") and n.endswith(".png") for n in names)
+    executed = nbformat.read(cross_domain / "20_cross_domain.ipynb", as_version=4)
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    curve = pd.read_csv(cross_domain / "training_curve.csv")
+    assert curve["epoch"].tolist() == [1, 2]
+
+
+def test_cross_domain_tables_come_from_the_tidy_rows(cross_domain):
+    tidy = pd.read_csv(cross_domain / "tidy.csv")
+    assert set(tidy["method"]) == {"knn", "resad"} and set(tidy["shots"]) == {1, 2}
+    assert set(tidy["seed"]) == {0, 1, 2} and set(tidy["category"]) == {"leather"}
+    expected = summary_table(tidy, "image_auroc")
+    table_text = (cross_domain / "table_image_auroc.md").read_text()
+    for cell in expected["shots=2"]:
+        assert cell in table_text
+    ablation = pd.read_csv(cross_domain / "ablation_tidy.csv")
+    assert set(ablation["method"]) == {"ResAD (default)", "no constraintor", "transductive"}
+    assert set(ablation["shots"]) == {2}
+    # The default row of the ablation is the main ResAD run itself, not a re-run.
+    main = tidy[(tidy["method"] == "resad") & (tidy["shots"] == 2)]["value"].sort_values().to_numpy()
+    default = ablation[ablation["method"] == "ResAD (default)"]["value"].sort_values().to_numpy()
+    assert (main == default).all()
