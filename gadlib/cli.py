@@ -37,6 +37,16 @@ def _key_values(items: list[str], option: str) -> dict:
     return params
 
 
+def _method_params(backbone: str | None, backbone_weights: Path | None, image_size: int | None,
+                   method_param: list[str]) -> dict:
+    """Method hyper-parameters from the shared backbone options plus ``-m KEY=VALUE`` items."""
+    params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
+                                    backbone_weights=str(backbone_weights) if backbone_weights else None).items()
+              if v is not None}
+    params.update(_key_values(method_param, "--method-param"))
+    return params
+
+
 @app.command()
 def evaluate(
     dataset: str = typer.Option(..., help="elpv | textile | synth | <manifest>:PATH | folder:PATH"),
@@ -59,10 +69,7 @@ def evaluate(
     from gadlib.results import summary_table, to_markdown
     from gadlib.study import run_evaluation
 
-    params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
-                                    backbone_weights=str(backbone_weights) if backbone_weights else None).items()
-              if v is not None}
-    params.update(_key_values(method_param, "--method-param"))
+    params = _method_params(backbone, backbone_weights, image_size, method_param)
     try:
         result = run_evaluation(dataset, method, _ints(shots, "--shots"), _ints(seeds, "--seeds"), out,
                                 method_params=params, checkpoint=checkpoint, abnormal_shots=abnormal_shots,
@@ -90,10 +97,7 @@ def train(
     """Train a method on a source domain (fixed epoch count, last epoch kept) and save a checkpoint."""
     from gadlib.training import train_or_load
 
-    params = {k: v for k, v in dict(backbone=backbone, image_size=image_size,
-                                    backbone_weights=str(backbone_weights) if backbone_weights else None).items()
-              if v is not None}
-    params.update(_key_values(method_param, "--method-param"))
+    params = _method_params(backbone, backbone_weights, image_size, method_param)
     specs = [s.strip() for s in source.split(",") if s.strip()]
     categories = [c.strip() for c in source_categories.split(",") if c.strip()] if source_categories else None
     try:

@@ -6,6 +6,7 @@ target only when complete, so a failing run never leaves a half-written results 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import platform
@@ -161,10 +162,11 @@ def write_run(folder: Path, result, params: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     result.tidy.to_csv(folder / "tidy.csv", index=False)
     if result.scores is not None:
-        result.scores.to_csv(folder / "scores.csv.gz", index=False)
+        # mtime=0: the same results give the same bytes (no churn in committed run folders).
+        result.scores.to_csv(folder / "scores.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
     episodes = [json.loads(ep.to_json()) for ep in result.episodes]
     # Queries repeat across k and seeds: gzip keeps the full record at a few percent of the size.
-    with gzip.open(folder / "episodes.json.gz", "wt") as handle:
+    with gzip.GzipFile(folder / "episodes.json.gz", "wb", mtime=0) as raw, io.TextIOWrapper(raw) as handle:
         json.dump(episodes, handle)
     (folder / "params.json").write_text(json.dumps(params, indent=1, default=str))
     (folder / "environment.json").write_text(json.dumps(environment_info(), indent=1))

@@ -139,7 +139,7 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
     frame = subsample(frame, max_per_group)
     params = dict(method_params or {}, progress=progress)
     if checkpoint is not None:
-        model = MethodBase.load(checkpoint, progress=progress)
+        model = MethodBase.load(checkpoint, **params)  # e.g. normalization=...; a backbone change is refused
     elif isinstance(method, str):
         model = create_method(method, **params)
     else:

@@ -79,3 +79,53 @@ def test_embed_replaces_only_the_marked_block(tmp_path):
     assert "unchanged" in again.output
     missing = runner.invoke(app, ["embed", str(table), str(readme), "--marker", "nope"])
     assert missing.exit_code == 2 and "markers" in missing.output
+
+
+TRAIN_SMALL = ["-m", "image_size=64", "-m", "epochs=1", "-m", "steps_per_epoch=3", "-m", "batch_size=4",
+               "-m", "train_shots=2", "-m", "flow_blocks=2", "-m", "position_dim=8", "-m", "simulated_per_category=2"]
+
+
+def test_train_writes_a_checkpoint_that_evaluate_loads_and_reuses_it(tiny_suite, tmp_path, monkeypatch):
+    import json
+
+    from gadlib.methods.resad import ResAD
+
+    root, _ = tiny_suite
+    ckpt = tmp_path / "resad_tile"
+    args = ["train", "--method", "resad", "--source", f"folder:{root}", "--source-categories", "tile",
+            "--out", str(ckpt), "--quiet", *TRAIN_SMALL]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    assert meta["method"] == "resad" and meta["params"]["epochs"] == 1
+    assert meta["fit"]["source_categories"] == ["tile"] and len(meta["fit"]["history"]) == 1
+    assert "efficientnet_lite0" in meta["fit"]["backbone_key"]
+    # Same configuration again: the cached checkpoint is loaded, nothing is trained.
+    monkeypatch.setattr(ResAD, "fit", lambda self, source: (_ for _ in ()).throw(AssertionError("retrained")))
+    again = runner.invoke(app, args[:-len(TRAIN_SMALL) - 3] + ["--out", str(tmp_path / "again"), "--quiet", *TRAIN_SMALL])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again.json").read_text())["fit"] == meta["fit"]
+
+    out = tmp_path / "run"
+    evaluated = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "--checkpoint", str(ckpt),
+                                    "--shots", "1,2", "--seeds", "0,1,2", "--out", str(out), "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    tidy = read_tidy(out)
+    assert set(tidy["method"]) == {"resad"} and set(tidy["category"]) == {"tile", "screw"}
+    assert to_markdown(summary_table(tidy, "image_auroc")) in evaluated.output
+
+    mismatch = runner.invoke(app, ["evaluate", "--dataset", f"folder:{root}", "--checkpoint", str(ckpt),
+                                   "--image-size", "96", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert mismatch.exit_code == 2 and "checkpoint was trained on backbone features" in mismatch.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_train_bad_input_exits_2(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    unknown = runner.invoke(app, ["train", "--source", f"folder:{root}", "--out", str(tmp_path / "c"),
+                                  "-m", "no_such_option=1", "--quiet"])
+    assert unknown.exit_code == 2 and "no_such_option" in unknown.output
+    empty = runner.invoke(app, ["train", "--source", f"folder:{root}", "--source-categories", "carpet",
+                                "--out", str(tmp_path / "d"), "--quiet"])
+    assert empty.exit_code == 2 and "known: ['screw', 'tile']" in empty.output
+    assert not (tmp_path / "d.json").exists()
