@@ -246,7 +246,12 @@ def metric_vs_shots(
         ax.set_title("" if panel is None else f"{col} = {panel}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
-    axes[-1].legend(fontsize=8)
+    # One legend for all panels, so a line drawn in one panel only (e.g. a published reference) is named.
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=8)
     return fig
 
 

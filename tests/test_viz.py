@@ -214,3 +214,36 @@ def test_save_figure_closes_pyplot_figures(tmp_path: Path) -> None:
     fig = plt.figure(figsize=(2, 2))
     viz.save_figure(fig, tmp_path / "p.png")
     assert not plt.fignum_exists(fig.number)
+
+
+def test_metric_vs_shots_names_a_reference_drawn_in_one_panel_only() -> None:
+    tidy = _tidy()
+    tidy.loc[tidy["category"] == "cable", "domain"] = "cables"
+    reference = pd.DataFrame({"shots": [2, 4], "value": [0.7, 0.72], "label": "InCTRL (published)",
+                              "domain": "cables"})
+    fig = viz.metric_vs_shots(tidy, col="domain", reference=reference)
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert sorted(labels) == ["InCTRL (published)", "knn", "resad"]
+    assert not [line for line in fig.axes[-1].lines if line.get_label() == "InCTRL (published)"]
+
+
+def test_training_curve_one_panel_per_loss_and_guards() -> None:
+    history = [{"epoch": 1, "nll": 2.0, "boundary": 0.3}, {"epoch": 2, "nll": 1.5, "boundary": 0.2}]
+    fig = viz.training_curve(history)
+    assert [ax.get_title() for ax in fig.axes] == ["nll", "boundary"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [2.0, 1.5])
+    with pytest.raises(ValueError, match="empty history"):
+        viz.training_curve([])
+    with pytest.raises(ValueError, match="'epoch'"):
+        viz.training_curve([{"nll": 1.0}])
+
+
+def test_compare_maps_rows_per_method_with_own_scale() -> None:
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    maps = {"kNN": [np.zeros((8, 8)), np.ones((8, 8))], "ResAD": [np.full((8, 8), 5.0), np.full((8, 8), 9.0)]}
+    fig = viz.compare_maps(images, maps, titles=["a", "b"])
+    axes = np.array(fig.axes).reshape(3, 2)
+    assert axes[1, 0].get_ylabel() == "kNN" and axes[2, 0].get_ylabel() == "ResAD"
+    assert axes[2, 1].images[1].get_clim() == (5.0, 9.0)
+    with pytest.raises(ValueError, match="'ResAD' has 1 maps for 2 images"):
+        viz.compare_maps(images, {"ResAD": [np.zeros((8, 8))]})
