@@ -161,6 +161,8 @@ def _jsonable_params(params: dict) -> dict:
 def checkpoint_path(method: str, params: dict, source: str | Sequence[str], categories: Sequence[str] | None,
                     backbone_key: str, root: str | Path | None = None) -> Path:
     """Where the checkpoint of this exact configuration lives in the cache (without suffix)."""
+    if not isinstance(source, str):  # ["synth"] and "synth" are the same source
+        source = source[0] if len(source) == 1 else list(source)
     config = dict(method=method, params=_jsonable_params(params), source=source,
                   categories=sorted(categories) if categories is not None else None,
                   backbone=backbone_key, version=TRAINING_VERSION)

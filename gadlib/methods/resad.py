@@ -20,6 +20,7 @@ looks at the test set, reported separately.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -181,7 +182,7 @@ class ResAD(Method):
         total = self.epochs * self.steps_per_epoch
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.7 * total), int(0.9 * total)], 0.1)
         rng = np.random.default_rng(self.seed)
-        history, sums = [], {}
+        history, sums, started = [], {}, time.perf_counter()
         self.constraintors_.train()
         self.flows_.train()
         for epoch, step, bar in iterate_epochs(self.epochs, self.steps_per_epoch, "resad training", self.progress):
@@ -201,6 +202,7 @@ class ResAD(Method):
         self.flows_.eval()
         self.source_logp_max_ = self._source_constants(levels, pool, rng)
         self.fit_record_ = dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
+                                train_seconds=round(time.perf_counter() - started, 1),
                                 source_categories=pool.categories,
                                 source_dropped_without_mask=pool.dropped_without_mask)
         return self
