@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,10 @@ def _simulate_anomalies(normal: pd.DataFrame, per_category: int, seed: int, out_
             image_file, mask_file = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
             image, mask = simulate(load_rgb(source), kind, rng)
             if not (image_file.is_file() and mask_file.is_file()):
-                Image.fromarray(mask * 255).save(mask_file)
-                Image.fromarray(image).save(image_file)
+                for array, target in ((mask * 255, mask_file), (image, image_file)):
+                    scratch = target.with_name(f".{target.stem}.tmp{os.getpid()}.png")
+                    Image.fromarray(array).save(scratch)
+                    os.replace(scratch, target)  # an interrupted run never leaves half a PNG behind
             rows.append(dict(image_path=str(image_file), mask_path=str(mask_file), label=1, defect=f"simulated_{kind}",
                              category=category, domain=group["domain"].iloc[0], split="simulated"))
     return pd.DataFrame(rows)
