@@ -160,6 +160,13 @@ class ResAD(Method):
         res = residual(to_patches(queries), bank, rows, self.residual)
         return res.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
+    def _episode_residual(self, features: torch.Tensor, episode) -> torch.Tensor:
+        """Residuals ``(B, C, H, W)`` of a training episode's queries against its references (one level)."""
+        queries = features[torch.from_numpy(episode.queries)].to(self.feature_cache().device)
+        bank = to_patches(features[torch.from_numpy(episode.references)].to(queries.device))
+        rows = None if self.residual == "none" else nearest_neighbour(to_patches(queries), bank, self.metric)[1]
+        return self._residual(queries, bank, rows)
+
     def _log_likelihood(self, level: int, residuals: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, H, W)`` per-dimension log-likelihood of the constrained residuals."""
         b, c, h, w = residuals.shape
@@ -212,10 +219,7 @@ class ResAD(Method):
         queries_index = torch.from_numpy(episode.queries)
         losses = {"constraint": 0.0, "nll": 0.0, "boundary": 0.0}
         for level, (features, fraction) in enumerate(zip(levels, fractions)):
-            queries = features[queries_index].to(device)
-            bank = to_patches(features[torch.from_numpy(episode.references)].to(device))
-            rows = None if self.residual == "none" else nearest_neighbour(to_patches(queries), bank, self.metric)[1]
-            res = self._residual(queries, bank, rows)
+            res = self._episode_residual(features, episode)
             cover = fraction[queries_index].to(device).flatten()
             abnormal = cover >= self.abnormal_threshold
             used = abnormal | (cover == 0)          # cells partly covered by a mask are ambiguous
@@ -241,10 +245,7 @@ class ResAD(Method):
         for _ in range(episodes):
             episode = pool.episode(rng, self.train_shots, self.batch_size, self.anomaly_fraction)
             for level, (features, fraction) in enumerate(zip(levels, pool.abnormal_fraction)):
-                queries = features[torch.from_numpy(episode.queries)].to(self.feature_cache().device)
-                bank = to_patches(features[torch.from_numpy(episode.references)].to(queries.device))
-                rows = None if self.residual == "none" else nearest_neighbour(to_patches(queries), bank, self.metric)[1]
-                log_p = self._log_likelihood(level, self._residual(queries, bank, rows)).cpu()
+                log_p = self._log_likelihood(level, self._episode_residual(features, episode)).cpu()
                 normal = fraction[torch.from_numpy(episode.queries)] == 0
                 best[level] = max(best[level], log_p[normal].max())
         return best
