@@ -266,6 +266,24 @@ def test_normalisations_differ_only_in_the_shift(trained, gap_suite):
         Method.load(path, normalization="test-set-max", progress=False)
 
 
+def test_with_params_changes_scoring_only(trained, gap_suite):
+    from gadlib.methods import Method, References, create_method
+
+    model, path = trained
+    leather = gap_suite[gap_suite["category"] == "leather"]
+    refs = References(sorted(leather.loc[leather["split"] == "train", "image_path"])[:2])
+    queries = sorted(leather.loc[leather["split"] == "test", "image_path"])[:6]
+    variant = model.with_params(normalization="image")
+    assert variant.normalization == "image" and model.normalization == "source"
+    expected = Method.load(path, normalization="image", progress=False).predict(queries, refs, with_pixel=False)
+    np.testing.assert_array_equal(variant.predict(queries, refs, with_pixel=False).image, expected.image)
+    with pytest.raises(ValueError, match=r"\['residual'\] change what fit\(\) learns"):
+        model.with_params(residual="squared")
+    with pytest.raises(ValueError, match="unknown hyper-parameters"):
+        model.with_params(temperature=2)
+    assert create_method("knn", progress=False).with_params(grid="finest").grid == "finest"  # nothing learned
+
+
 def test_unfitted_resad_says_how_to_fit():
     from gadlib.methods import References, create_method
 

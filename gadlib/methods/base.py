@@ -50,6 +50,7 @@ class Method:
     """Base class of every GAD method; subclasses register with :func:`register_method`."""
 
     name: str = "method"
+    scoring_params: tuple[str, ...] = ()   # hyper-parameters that may change after fitting
 
     def get_params(self) -> dict:
         """Hyper-parameters as given to ``__init__`` (scikit-learn style)."""
@@ -73,6 +74,24 @@ class Method:
         return {k: self.predict(queries, References(list(references.normal[:k]), list(references.abnormal),
                                                     list(references.abnormal_masks)), with_pixel)
                 for k in sorted(set(shots))}
+
+    def with_params(self, **changes) -> "Method":
+        """A new method with some hyper-parameters changed and this one's learned state.
+
+        For a fitted method, only parameters that the learned state does not depend on (scoring rules,
+        batch sizes), which methods list in ``scoring_params``; anything else needs a new ``fit``.
+        A method with no learned state (training-free) may change any parameter.
+        """
+        unknown = set(changes) - set(self.get_params())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}")
+        learned = set(changes) - set(self.scoring_params) - {"progress", "device"}
+        if learned and self.fitted_state():
+            raise ValueError(f"{self.name}: {sorted(learned)} change what fit() learns; fit a new model "
+                             f"(parameters that can change after fitting: {sorted(self.scoring_params)})")
+        method = create_method(self.name, **{**self.get_params(), **changes})
+        method.load_fitted_state(self.fitted_state(), {"fit": getattr(self, "fit_record_", None)})
+        return method
 
     # -- persistence -------------------------------------------------------------------------------
     def fitted_state(self) -> dict[str, torch.Tensor]:

@@ -68,6 +68,8 @@ class ResAD(Method):
         query_batch, cache_dir, device, progress: as ``knn``.
     """
 
+    scoring_params = ("normalization", "sigma", "reduction", "query_batch", "cache_dir")
+
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, neighbourhood: int = 1,
                  metric: str = "l2", residual: str = "difference", constraintor: bool = True,
