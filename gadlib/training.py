@@ -88,7 +88,7 @@ def _simulate_anomalies(normal: pd.DataFrame, per_category: int, seed: int, out_
 
 
 @dataclass
-class Episode:
+class TrainingEpisode:
     """A training episode: indices into the pool of the references and of the queries."""
 
     category: str
@@ -139,7 +139,7 @@ class SourcePool:
         return len(self.frame)
 
     def episode(self, rng: np.random.Generator, shots: int, batch_size: int,
-                anomaly_fraction: float = 0.5) -> Episode:
+                anomaly_fraction: float = 0.5) -> "TrainingEpisode":
         """k normal references of a random category and ``batch_size`` queries of the same category.
 
         Queries are drawn without replacement, normal ones never from the references; about
@@ -153,7 +153,7 @@ class SourcePool:
         n_abnormal = min(len(abnormal), int(round(batch_size * anomaly_fraction)))
         n_normal = min(len(candidates), batch_size - n_abnormal)
         queries = np.concatenate([candidates[:n_normal], rng.choice(abnormal, n_abnormal, replace=False)])
-        return Episode(category, references, queries.astype(np.int64))
+        return TrainingEpisode(category, references, queries.astype(np.int64))
 
 
 def _jsonable_params(params: dict) -> dict:
