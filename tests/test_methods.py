@@ -140,7 +140,11 @@ def knn_data(tmp_path_factory):
         defect[SQUARE] = 255
         bright = root / "bright.png"
         Image.fromarray(defect).save(bright)
-        yield {"refs": refs, "clean": str(clean), "bright": str(bright), "cache": str(root / "cache")}
+        # A byte-identical copy of ref3 under another name: a reference itself may never be a query.
+        twin = root / "twin3.png"
+        Image.fromarray(_texture(3)).save(twin)
+        yield {"refs": refs, "clean": str(clean), "bright": str(bright), "twin3": str(twin),
+               "cache": str(root / "cache")}
 
 
 def _knn(data, **params) -> KNNResidual:
@@ -149,7 +153,7 @@ def _knn(data, **params) -> KNNResidual:
 
 def test_knn_identical_query_scores_zero_and_lowest(knn_data):
     method = _knn(knn_data)
-    queries = [knn_data["refs"][2], knn_data["clean"], knn_data["bright"]]
+    queries = [knn_data["twin3"], knn_data["clean"], knn_data["bright"]]
     scores = method.predict(queries, References(knn_data["refs"]))
     assert scores.image.shape == (3,) and scores.pixel.shape == (3, SIZE, SIZE)
     assert scores.pixel.dtype == np.float32
@@ -158,6 +162,8 @@ def test_knn_identical_query_scores_zero_and_lowest(knn_data):
     assert scores.pixel[0].min() >= 0
     assert scores.image.argmin() == 0
     assert scores.image[0] == pytest.approx(scores.pixel[0].max())
+    with pytest.raises(ValueError, match="also queries"):
+        method.predict([knn_data["refs"][2]], References(knn_data["refs"]))
 
 
 def test_knn_bright_square_scores_higher_and_is_localised(knn_data):
@@ -177,7 +183,7 @@ def test_knn_bright_square_scores_higher_and_is_localised(knn_data):
 
 def test_knn_predict_shots_equals_separate_predicts_and_is_monotone(knn_data):
     method = _knn(knn_data)
-    queries = [knn_data["clean"], knn_data["bright"], knn_data["refs"][3]]
+    queries = [knn_data["clean"], knn_data["bright"], knn_data["twin3"]]
     refs = References(knn_data["refs"])
     shots = method.predict_shots(queries, refs, [4, 1, 2])
     assert sorted(shots) == [1, 2, 4]
@@ -212,7 +218,7 @@ def test_knn_bad_shots(knn_data):
 
 
 def test_knn_query_batches_do_not_change_scores(knn_data):
-    queries = [knn_data["clean"], knn_data["bright"], knn_data["refs"][0]]
+    queries = [knn_data["clean"], knn_data["bright"], knn_data["twin3"]]
     refs = References(knn_data["refs"][:2])
     together = _knn(knn_data).predict(queries, refs)
     one_by_one = _knn(knn_data, query_batch=1).predict(queries, refs)

@@ -12,15 +12,15 @@ import torch
 from tqdm.auto import tqdm
 
 from gadlib.backbones import DEFAULT_BACKBONE
-from gadlib.cache import FeatureCache, shared_cache
-from gadlib.kernels.patches import align_levels, local_aggregate, to_patches
+from gadlib.kernels.patches import to_patches
 from gadlib.kernels.residual import nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
+from gadlib.methods.features import BackboneFeatures, check_not_scored, check_shots
 
 
 @register_method("knn")
-class KNNResidual(Method):
+class KNNResidual(BackboneFeatures, Method):
     """Nearest-normal patch distance.
 
     Args:
@@ -58,16 +58,6 @@ class KNNResidual(Method):
         self.device = device
         self.progress = progress
 
-    def feature_cache(self) -> FeatureCache:
-        return shared_cache(self.backbone, self.levels, self.image_size, self.backbone_weights,
-                            self.cache_dir, self.device, self.progress)
-
-    def patch_features(self, paths: Sequence[str]) -> torch.Tensor:
-        """``(B, D, H, W)`` aggregated, level-aligned patch features of ``paths``."""
-        cache = self.feature_cache()
-        levels = [local_aggregate(level, self.neighbourhood) for level in cache.get(paths)]
-        return align_levels(levels, self.grid).to(cache.device)
-
     def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
         k = len(references.normal)
         return self.predict_shots(queries, references, [k], with_pixel)[k]
@@ -79,9 +69,8 @@ class KNNResidual(Method):
         Each query patch is matched once against every reference image separately; a running minimum
         over references gives the nearest-normal distance for every prefix of the references.
         """
-        shots = sorted(set(shots))
-        if not references.normal or shots[0] < 1 or shots[-1] > len(references.normal):
-            raise ValueError(f"shots {shots} need 1 <= k <= {len(references.normal)} normal references")
+        shots = check_shots(references, shots)
+        check_not_scored(queries, references)
         refs = list(references.normal[:shots[-1]])
         cache = self.feature_cache()
         cache.ensure(refs + list(queries))

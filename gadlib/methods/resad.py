@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from gadlib.backbones import DEFAULT_BACKBONE
-from gadlib.cache import FeatureCache, shared_cache
 from gadlib.kernels.patches import local_aggregate, to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
 from gadlib.kernels.residual import METRICS, nearest_in_first, nearest_neighbour, nearest_per_group, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
+from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
 from gadlib.modules.constraintor import CONSTRAINT_LOSSES, FeatureConstraintor, occ_loss, shell_loss
 from gadlib.modules.flow import ConditionalFlow, boundary_push_pull
 
@@ -42,7 +42,7 @@ NORMALIZATIONS = ("source", "image", "transductive")
 
 
 @register_method("resad")
-class ResAD(Method):
+class ResAD(BackboneFeatures, Method):
     """Residual features + constraintor + per-level conditional flow.
 
     Args:
@@ -123,10 +123,6 @@ class ResAD(Method):
                                    ("normalization", self.normalization, NORMALIZATIONS)]:
             if value not in valid:
                 raise ValueError(f"resad: {name} must be one of {valid}, got '{value}'")
-
-    def feature_cache(self) -> FeatureCache:
-        return shared_cache(self.backbone, self.levels, self.image_size, self.backbone_weights,
-                            self.cache_dir, self.device, self.progress)
 
     def _features(self, paths: Sequence[str]) -> list[torch.Tensor]:
         cache = self.feature_cache()
@@ -264,9 +260,8 @@ class ResAD(Method):
         if not hasattr(self, "flows_"):
             raise RuntimeError("resad is not fitted: call fit(source), `gad train`, or load a checkpoint")
         self._check_params()
-        shots = sorted(set(shots))
-        if not references.normal or shots[0] < 1 or shots[-1] > len(references.normal):
-            raise ValueError(f"shots {shots} need 1 <= k <= {len(references.normal)} normal references")
+        shots = check_shots(references, shots)
+        check_not_scored(queries, references)
         refs = list(references.normal[:shots[-1]])
         self.feature_cache().ensure(refs + list(queries))
         ref_levels = self._features(refs)
@@ -284,10 +279,6 @@ class ResAD(Method):
                     log_p[k][level].append(self._log_likelihood(level, self._residual(features, banks[level], rows)).cpu())
         return {k: self._scores([torch.cat(parts) for parts in log_p[k]], with_pixel) for k in shots}
 
-    def _bar(self, batches):
-        from tqdm.auto import tqdm
-
-        return tqdm(batches, desc="resad scoring", unit="batch", disable=not self.progress, leave=False)
 
     def _scores(self, log_p: list[torch.Tensor], with_pixel: bool) -> Scores:
         """Normalised per-level scores -> summed, smoothed pixel maps and image scores."""
@@ -309,12 +300,7 @@ class ResAD(Method):
     def load_fitted_state(self, state: dict[str, torch.Tensor], meta: dict) -> None:
         self._check_params()
         fit = meta.get("fit") or {}
-        expected = fit.get("backbone_key")
-        actual = self.feature_cache().backbone.key()
-        if expected is not None and expected != actual:
-            raise ValueError(f"checkpoint was trained on backbone features '{expected}', but this model "
-                             f"extracts '{actual}'; load it with the backbone, levels, image size and "
-                             "weights it was trained with (or retrain with `gad train`)")
+        check_backbone(self, fit)
         self._build(self.feature_cache().backbone.channels)
         self.constraintors_.load_state_dict({k[len("constraintors_."):]: v for k, v in state.items()
                                              if k.startswith("constraintors_.")})

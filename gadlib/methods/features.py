@@ -1,0 +1,60 @@
+"""What every backbone-based method shares: its feature cache, patch features, and reference checks."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from gadlib.cache import FeatureCache, shared_cache
+from gadlib.kernels.patches import align_levels, local_aggregate
+
+
+class BackboneFeatures:
+    """Mixin for methods with ``backbone, levels, image_size, backbone_weights, cache_dir, device,
+    progress`` (and, for :meth:`patch_features`, ``neighbourhood`` and ``grid``) hyper-parameters."""
+
+    def feature_cache(self) -> FeatureCache:
+        """The (process-wide shared) feature cache of this method's backbone configuration."""
+        return shared_cache(self.backbone, self.levels, self.image_size, self.backbone_weights,
+                            self.cache_dir, self.device, self.progress)
+
+    def aligned(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Backbone levels ``[(B, C_l, H_l, W_l)]`` -> aggregated, level-aligned ``(B, D, H, W)``."""
+        return align_levels([local_aggregate(level, self.neighbourhood) for level in levels], self.grid)
+
+    def _bar(self, batches):
+        """A progress bar over query batches (hidden when ``progress`` is off)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(batches, desc=f"{self.name} scoring", unit="batch", disable=not self.progress, leave=False)
+
+    def patch_features(self, paths: Sequence[str]) -> torch.Tensor:
+        """``(B, D, H, W)`` aggregated, level-aligned patch features of ``paths``."""
+        cache = self.feature_cache()
+        return self.aligned(cache.get(paths)).to(cache.device)
+
+
+def check_shots(references, shots: Sequence[int]) -> list[int]:
+    """Sorted distinct ``shots``; ``ValueError`` unless ``1 <= k <= len(references.normal)``."""
+    shots = sorted(set(int(k) for k in shots))
+    if not references.normal or not shots or shots[0] < 1 or shots[-1] > len(references.normal):
+        raise ValueError(f"shots {shots} need 1 <= k <= {len(references.normal)} normal references")
+    return shots
+
+
+def check_not_scored(queries: Sequence[str], references) -> None:
+    """A reference image must never be scored as a query (it would leak its own label)."""
+    scored = set(queries) & (set(references.normal) | set(references.abnormal))
+    if scored:
+        raise ValueError(f"{len(scored)} reference image(s) are also queries, e.g. {sorted(scored)[0]}; "
+                         "references must be excluded from the queries they guide (see sample_episode)")
+
+
+def check_backbone(method, fit: dict) -> None:
+    """``ValueError`` when a checkpoint's features (``fit["backbone_key"]``) are not this method's."""
+    expected = (fit or {}).get("backbone_key")
+    actual = method.feature_cache().backbone.key()
+    if expected is not None and expected != actual:
+        raise ValueError(f"checkpoint was trained on backbone features '{expected}', but this model "
+                         f"extracts '{actual}'; load it with the backbone, levels, image size and "
+                         "weights it was trained with (or retrain with `gad train`)")
