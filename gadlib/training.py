@@ -130,6 +130,9 @@ class SourcePool:
         categories = self.frame["category"].to_numpy()
         self.normal_of = {c: np.flatnonzero((categories == c) & (labels == 0)) for c in self.categories}
         self.abnormal_of = {c: np.flatnonzero((categories == c) & (labels == 1)) for c in self.categories}
+        defects = self.frame["defect"].astype(str).to_numpy()
+        self.abnormal_by_defect = {c: {d: np.flatnonzero((categories == c) & (labels == 1) & (defects == d))
+                                       for d in sorted(set(defects[self.abnormal_of[c]]))} for c in self.categories}
         for category, index in self.normal_of.items():
             if len(index) < 2:
                 raise ValueError(f"source category '{category}' has {len(index)} normal image(s); "
@@ -154,6 +157,40 @@ class SourcePool:
         n_normal = min(len(candidates), batch_size - n_abnormal)
         queries = np.concatenate([candidates[:n_normal], rng.choice(abnormal, n_abnormal, replace=False)])
         return TrainingEpisode(category, references, queries.astype(np.int64))
+
+
+    def guided_episode(self, rng: np.random.Generator, shots: int, abnormal_shots: int,
+                       anomaly_fraction: float = 0.5) -> "GuidedEpisode":
+        """NAGL's episode: k normal and m abnormal references of one defect type, and one query.
+
+        The category is drawn among those with a defect type of at least ``m + 1`` images; the query
+        is, with probability ``anomaly_fraction``, another anomaly of that type, else a normal image
+        that is not a reference.
+        """
+        usable = [c for c in self.categories
+                  if any(len(index) > abnormal_shots for index in self.abnormal_by_defect[c].values())]
+        if not usable:
+            raise ValueError(f"no source category has a defect type with {abnormal_shots + 1} anomalies "
+                             "(m abnormal references + a query); lower the abnormal shots or add anomalies")
+        category = usable[rng.integers(len(usable))]
+        types = [d for d, index in self.abnormal_by_defect[category].items() if len(index) > abnormal_shots]
+        abnormal = rng.permutation(self.abnormal_by_defect[category][types[rng.integers(len(types))]])
+        normal = rng.permutation(self.normal_of[category])
+        shots = min(shots, len(normal) - 1)
+        label = int(rng.random() < anomaly_fraction)
+        query = abnormal[abnormal_shots] if label else normal[shots]
+        return GuidedEpisode(category, normal[:shots], abnormal[:abnormal_shots], int(query), label)
+
+
+@dataclass
+class GuidedEpisode:
+    """A normal-and-abnormal guided training episode (indices into the pool) and its query's label."""
+
+    category: str
+    references: np.ndarray
+    abnormal_refs: np.ndarray
+    query: int
+    label: int
 
 
 def _jsonable_params(params: dict) -> dict:

@@ -26,8 +26,12 @@ class ProxyAttention(nn.Module):
         heads: attention heads (NAGL: 4).
     """
 
-    def __init__(self, dim: int, heads: int = 4):
+    def __init__(self, dim: int, heads: int = 4, faithful_mask_order: bool = False):
         super().__init__()
+        self.heads = heads
+        # The public code repeats the (B, P, N) mask head-major, but torch reads (B * heads) batch-major:
+        # with batch > 1 each sample then attends through another sample's mask. Named switch, off by default.
+        self.faithful_mask_order = faithful_mask_order
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -58,7 +62,11 @@ class ProxyAttention(nn.Module):
             empty = ~allowed.any(dim=1)
             # A fully masked row would give NaN; let it attend anywhere, then drop its update.
             padding = ~(allowed | empty[:, None])
-            update = self.cross(proxies, keys, values, key_padding_mask=padding, need_weights=False)[0]
+            if self.faithful_mask_order:
+                blocked = padding[:, None, :].expand(-1, proxies.shape[1], -1).repeat(self.heads, 1, 1)
+                update = self.cross(proxies, keys, values, attn_mask=blocked, need_weights=False)[0]
+            else:
+                update = self.cross(proxies, keys, values, key_padding_mask=padding, need_weights=False)[0]
             update = update.masked_fill(empty[:, None, None], 0.0)
         proxies = self.cross_norm(proxies + update)
         return self.self_norm(proxies + self.self_attention(proxies, proxies, proxies, need_weights=False)[0])
@@ -72,14 +80,17 @@ def stack_references(features: list[torch.Tensor], masks: list[torch.Tensor],
         features: per sample, ``(m_i, N, D)`` tokens of its m_i references (m_i may be 0).
         masks: per sample, ``(m_i, N)`` bool, True inside the reference's anomaly mask.
         position: ``(N, D)`` position code, added to *every* reference's tokens at the same grid cell
-            (so that with m > 1 each reference keeps its own positions).
+            (so that with m > 1 each reference keeps its own positions); or ``(M, N, D)``, one code per
+            reference slot (how NAGL's ``faithful_positions`` switch misaligns them).
     Returns:
         ``tokens (B, M * N, D)`` with ``M = max m_i`` (zero padded) and ``allowed (B, M * N)``.
     """
     if len(features) != len(masks) or not features:
         raise ValueError(f"need one mask tensor per sample and at least one sample; got {len(features)} and {len(masks)}")
-    n, d = position.shape
+    n, d = position.shape[-2:]
     most = max(f.shape[0] for f in features)
+    if position.ndim == 3 and position.shape[0] < most:
+        raise ValueError(f"position has codes for {position.shape[0]} references, but a sample has {most}")
     tokens = position.new_zeros(len(features), max(most, 1) * n, d)
     allowed = torch.zeros(len(features), max(most, 1) * n, dtype=torch.bool, device=position.device)
     for i, (refs, inside) in enumerate(zip(features, masks)):
@@ -87,6 +98,7 @@ def stack_references(features: list[torch.Tensor], masks: list[torch.Tensor],
             raise ValueError(f"sample {i}: expected features (m, {n}, {d}) and masks (m, {n}); got "
                              f"{tuple(refs.shape)} and {tuple(inside.shape)}")
         m = refs.shape[0]
-        tokens[i, :m * n] = (refs + position).reshape(m * n, d)
+        code = position if position.ndim == 2 else position[:m]
+        tokens[i, :m * n] = (refs + code).reshape(m * n, d)
         allowed[i, :m * n] = inside.reshape(m * n)
     return tokens, allowed

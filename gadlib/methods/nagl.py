@@ -1,0 +1,351 @@
+"""NAGL (NeurIPS 2025): normal-and-abnormal guided generalist anomaly detection.
+
+Per episode (k normal references, m abnormal references with masks, queries), on one feature grid:
+
+1. normal map ``s_n`` -- ``(1 + cos) / 2`` of each query patch to its nearest normal-reference patch;
+2. residuals -- every patch minus its nearest normal-reference patch, for the queries (``R_q``) and
+   the abnormal references (``R_a``);
+3. Residual Mining -- learnable proxies cross-attend the abnormal references (keys = features +
+   2-D sine position code, values = ``R_a``, only patches inside each reference's mask), then
+   self-attend (:class:`~gadlib.modules.attention.ProxyAttention`);
+4. Anomaly Feature Learning -- the mined proxies cross-attend the query (keys = ``R_q`` + position,
+   values = query features), then self-attend: the anomaly proxies;
+5. abnormal map ``s_a`` -- mean over anomaly proxies of ``(1 + cos(query patch, proxy)) / 2``;
+   map = ``(s_a + 1 - s_n) / 2``, upsampled, sigma = 4; image score = mean of the top 1 %.
+
+Trained on source episodes (one category, one defect type) with focal + Dice on the patch map and
+cross-entropy on the image score; the epoch count is fixed in advance and the last epoch kept.
+
+Faithful switches (off by default): ``faithful_mask_order`` (attention masks in the public code's
+wrong batch/head order) and ``faithful_positions`` (m > 1 references get a position code of a grid
+stacked m times, so only the first is aligned with the query). The public code's checkpoint choice
+on target test data is not offered; its type-matched protocol is an evaluation option
+(``gadlib.study.evaluate_type_matched``). Abnormal references without a mask (ELPV, textile) are
+attended everywhere.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gadlib.backbones import DEFAULT_BACKBONE
+from gadlib.kernels.patches import to_patches
+from gadlib.kernels.position import sinusoidal_position_2d
+from gadlib.kernels.residual import nearest_in_first, nearest_neighbour, nearest_per_group
+from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
+from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
+from gadlib.methods.base import Method, References, Scores, register_method
+from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
+from gadlib.modules.attention import ProxyAttention, stack_references
+from gadlib.modules.losses import dice_loss, focal_loss
+
+MODES = ("full", "normal_only", "abnormal_knn", "untrained")
+
+
+class NAGLNetwork(nn.Module):
+    """The learned part: proxies, Residual Mining and Anomaly Feature Learning (separate weights)."""
+
+    def __init__(self, dim: int, proxies: int = 25, heads: int = 4, faithful_mask_order: bool = False):
+        super().__init__()
+        self.proxies = nn.Parameter(torch.randn(proxies, dim) * 0.02)
+        self.mining = ProxyAttention(dim, heads, faithful_mask_order)
+        self.feature_learning = ProxyAttention(dim, heads, faithful_mask_order)
+
+    def mine(self, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """``(B, M*N, D)`` abnormal-reference tokens -> mined proxies ``(B, P, D)``."""
+        start = self.proxies[None].expand(keys.shape[0], -1, -1)
+        return self.mining(start, keys, values, allowed)
+
+    def abnormal_similarity(self, mined: torch.Tensor, residual_keys: torch.Tensor,
+                            features: torch.Tensor) -> torch.Tensor:
+        """Anomaly proxies from the query, then ``s_a (B, N)`` of every query patch."""
+        anomaly_proxies = self.feature_learning(mined, residual_keys, features)
+        return proxy_similarity(features, anomaly_proxies)
+
+
+@register_method("nagl")
+class NAGL(BackboneFeatures, Method):
+    """Normal map + learned abnormal map from abnormal-reference residuals.
+
+    Args:
+        backbone, levels, image_size, backbone_weights, grid, neighbourhood: the frozen features, as
+            ``knn`` (NAGL: DINOv2 ViT-S/14 at 448 px, last layer, no aggregation).
+        proxies, heads: Residual Mining / Anomaly Feature Learning size (paper: 25 proxies, 4 heads).
+        mode: ``"full"`` (NAGL) or an ablation: ``"normal_only"`` (``s_n`` alone, no learning),
+            ``"abnormal_knn"`` (``s_a`` = similarity to the nearest abnormal-reference residual
+            inside its mask, no learning), ``"untrained"`` (both maps without learning: ``s_n`` and
+            the abnormal kNN map combined as NAGL combines them).
+        sigma, reduction: pixel-map smoothing and image score (paper: sigma 4, top 1 %).
+        epochs, steps_per_epoch, batch_size: training length fixed in advance (last epoch kept) and
+            episodes per step.
+        train_shots, train_abnormal_shots: per episode k is drawn from 1..train_shots and m from
+            1..train_abnormal_shots.
+        lr, weight_decay: AdamW; x0.1 at 50 % and 75 % of training (the paper's epochs 10, 15 of 20).
+        anomaly_fraction: probability that an episode's query is anomalous.
+        abnormal_threshold: a feature cell is abnormal when its mask covers at least this fraction.
+        focal_gamma: focal-loss focusing parameter.
+        simulated_per_category: anomalies simulated on each source category's normal images.
+        faithful_mask_order, faithful_positions: the public code's bugs, as named switches.
+        seed, query_batch, cache_dir, device, progress: as ``resad``.
+    """
+
+    scoring_params = ("mode", "sigma", "reduction", "query_batch", "cache_dir")
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
+                 image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",
+                 neighbourhood: int = 3, proxies: int = 25, heads: int = 4, mode: str = "full",
+                 sigma: float = 4.0, reduction: str = "top1%", epochs: int = 10, steps_per_epoch: int = 60,
+                 batch_size: int = 8, train_shots: int = 4, train_abnormal_shots: int = 2, lr: float = 1e-4,
+                 weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
+                 focal_gamma: float = 2.0, simulated_per_category: int = 30, faithful_mask_order: bool = False,
+                 faithful_positions: bool = False, seed: int = 0, query_batch: int = 32,
+                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
+        self.backbone = backbone
+        self.levels = levels
+        self.image_size = image_size
+        self.backbone_weights = backbone_weights
+        self.grid = grid
+        self.neighbourhood = neighbourhood
+        self.proxies = proxies
+        self.heads = heads
+        self.mode = mode
+        self.sigma = sigma
+        self.reduction = reduction
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.train_shots = train_shots
+        self.train_abnormal_shots = train_abnormal_shots
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.anomaly_fraction = anomaly_fraction
+        self.abnormal_threshold = abnormal_threshold
+        self.focal_gamma = focal_gamma
+        self.simulated_per_category = simulated_per_category
+        self.faithful_mask_order = faithful_mask_order
+        self.faithful_positions = faithful_positions
+        self.seed = seed
+        self.query_batch = query_batch
+        self.cache_dir = cache_dir
+        self.device = device
+        self.progress = progress
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"nagl: mode must be one of {MODES}, got '{self.mode}'")
+        if self.train_abnormal_shots < 1 or self.train_shots < 1:
+            raise ValueError("nagl: train_shots and train_abnormal_shots must be >= 1")
+
+    def _build(self, dim: int) -> None:
+        torch.manual_seed(self.seed)
+        self.network_ = NAGLNetwork(dim, self.proxies, self.heads, self.faithful_mask_order)
+        self.network_.to(self.feature_cache().device)
+
+    def _position(self, dim: int, side: tuple[int, int], slots: int) -> torch.Tensor:
+        """``(slots, H*W, D)`` position codes of the reference slots (aligned, or the faithful bug)."""
+        h, w = side
+        padded = -(-dim // 4) * 4
+        if self.faithful_positions:
+            code = sinusoidal_position_2d(padded, slots * h, w)[:dim].flatten(1).T.reshape(slots, h * w, dim)
+        else:
+            code = sinusoidal_position_2d(padded, h, w)[:dim].flatten(1).T[None].expand(slots, -1, -1)
+        return code.to(self.feature_cache().device)
+
+    def _abnormal_cells(self, coverage: torch.Tensor) -> torch.Tensor:
+        """``(m, N)`` mask coverage -> cells attended by Residual Mining.
+
+        Cells covered at least ``abnormal_threshold``; a defect smaller than that everywhere keeps
+        its most covered cells; a reference without any mask (image label only) is attended everywhere.
+        """
+        most = coverage.amax(dim=1, keepdim=True)
+        inside = coverage >= torch.clamp(most, max=self.abnormal_threshold)
+        return torch.where(most > 0, inside & (coverage > 0), torch.ones_like(inside))
+
+    def _maps(self, features: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, distance: torch.Tensor,
+              abnormal: list[torch.Tensor], abnormal_rows: list[torch.Tensor], cells: list[torch.Tensor],
+              side: tuple[int, int]) -> torch.Tensor:
+        """Patch maps ``(B, N)`` of B queries.
+
+        Args:
+            features: ``(B, N, D)`` query patches; ``bank`` ``(R, D)`` the normal-reference patches,
+                ``rows``/``distance`` ``(B, N)`` each query patch's nearest bank row and its ``1 - cos``.
+            abnormal, abnormal_rows, cells: per query, its abnormal references ``(m, N, D)``, their
+                nearest bank rows ``(m, N)`` (into the same bank) and attended cells ``(m, N)``.
+        """
+        normal_similarity = 1 - distance / 2
+        if self.mode == "normal_only":
+            return 1 - normal_similarity
+        b, n, d = features.shape
+        residual_q = features - bank[rows]
+        residual_a = [refs - bank[r] for refs, r in zip(abnormal, abnormal_rows)]
+        if self.mode in ("abnormal_knn", "untrained"):
+            abnormal_similarity = self._abnormal_knn(residual_q, residual_a, cells)
+            if self.mode == "abnormal_knn":
+                return abnormal_similarity
+        else:
+            slots = max(1, max(len(refs) for refs in abnormal))
+            position = self._position(d, side, slots)
+            keys, allowed = stack_references(list(abnormal), list(cells), position)
+            values, _ = stack_references(residual_a, list(cells), torch.zeros_like(position))
+            mined = self.network_.mine(keys, values, allowed)
+            abnormal_similarity = self.network_.abnormal_similarity(mined, residual_q + position[0], features)
+        return normal_abnormal_map(abnormal_similarity, normal_similarity)
+
+    @staticmethod
+    def _abnormal_knn(residual_q: torch.Tensor, residual_a: list[torch.Tensor], cells: list[torch.Tensor]):
+        """Training-free ``s_a``: ``(1 + cos)/2`` of each query residual to its nearest abnormal residual."""
+        out = torch.zeros(residual_q.shape[:2], device=residual_q.device)
+        for i, (res, inside) in enumerate(zip(residual_a, cells)):
+            if len(res) and inside.any():
+                out[i] = 1 - nearest_neighbour(residual_q[i], res[inside], "cosine")[0] / 2
+        return out
+
+    # -- training ----------------------------------------------------------------------------------
+    def fit(self, source) -> "NAGL":
+        """Train proxies and attention on source episodes (see :meth:`SourcePool.guided_episode`)."""
+        from gadlib.training import SourcePool, iterate_epochs
+
+        self._check_params()
+        cache = self.feature_cache()
+        pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
+        grid = self.aligned(pool.levels)                                    # (I, D, h, w)
+        side = tuple(grid.shape[-2:])
+        tokens = grid.flatten(2).transpose(1, 2).contiguous()               # (I, N, D)
+        finest = max(range(len(pool.abnormal_fraction)), key=lambda i: pool.abnormal_fraction[i].shape[-1])
+        coverage = F.adaptive_avg_pool2d(pool.abnormal_fraction[finest][:, None], side)[:, 0].flatten(1)
+        self._build(tokens.shape[-1])
+        trained = self.mode == "full"
+        optimizer = torch.optim.AdamW(self.network_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.epochs * self.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * total), int(0.75 * total)], 0.1)
+        rng = np.random.default_rng(self.seed)
+        history, sums, started = [], {}, time.perf_counter()
+        self.network_.train()
+        steps = iterate_epochs(self.epochs if trained else 0, self.steps_per_epoch, "nagl training", self.progress)
+        for epoch, step, bar in steps:
+            episodes = [pool.guided_episode(rng, int(rng.integers(1, self.train_shots + 1)),
+                                            int(rng.integers(1, self.train_abnormal_shots + 1)),
+                                            self.anomaly_fraction) for _ in range(self.batch_size)]
+            losses = self._train_step(tokens, coverage, episodes, side)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            scheduler.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            if step == self.steps_per_epoch - 1:
+                history.append(dict(epoch=epoch + 1, **{k: v / self.steps_per_epoch for k, v in sums.items()}))
+                bar.set_postfix(loss=f"{sum(history[-1][k] for k in sums):.3f}")
+                sums = {}
+        self.network_.eval()
+        self.fit_record_ = dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
+                                train_seconds=round(time.perf_counter() - started, 1),
+                                source_categories=pool.categories,
+                                source_dropped_without_mask=pool.dropped_without_mask)
+        return self
+
+    def _train_step(self, tokens, coverage, episodes, side) -> dict[str, torch.Tensor]:
+        device = self.feature_cache().device
+        queries = tokens[[e.query for e in episodes]].to(device)                      # (B, N, D)
+        banks, rows, distance, abnormal, abnormal_rows, cells = [], [], [], [], [], []
+        for i, episode in enumerate(episodes):
+            bank = tokens[episode.references].reshape(-1, tokens.shape[-1]).to(device)
+            found = nearest_neighbour(queries[i], bank, "cosine")
+            refs = tokens[episode.abnormal_refs].to(device)
+            ref_rows = nearest_neighbour(refs.reshape(-1, refs.shape[-1]), bank, "cosine")[1].reshape(refs.shape[:2])
+            offset = sum(len(b) for b in banks)         # one concatenated bank: rows shift per episode
+            banks.append(bank)
+            rows.append(found[1] + offset)
+            distance.append(found[0])
+            abnormal.append(refs)
+            abnormal_rows.append(ref_rows + offset)
+            cells.append(self._abnormal_cells(coverage[episode.abnormal_refs].to(device)))
+        maps = self._maps(queries, torch.cat(banks), torch.stack(rows), torch.stack(distance), abnormal,
+                          abnormal_rows, cells, side)
+        cover = coverage[[e.query for e in episodes]].to(device)
+        target = (cover >= self.abnormal_threshold).float()
+        used = (cover >= self.abnormal_threshold) | (cover == 0)     # partly covered cells are ambiguous
+        labels = torch.tensor([float(e.label) for e in episodes], device=device)
+        probability = maps.clamp(1e-6, 1 - 1e-6)
+        return dict(focal=focal_loss(probability[used], target[used], self.focal_gamma),
+                    dice=dice_loss(probability * used, target * used),
+                    image=F.binary_cross_entropy(topk_mean(probability[:, None, :], 0.01).clamp(1e-6, 1 - 1e-6),
+                                                 labels))
+
+    # -- inference ---------------------------------------------------------------------------------
+    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
+        k = len(references.normal)
+        return self.predict_shots(queries, references, [k], with_pixel)[k]
+
+    @torch.inference_mode()
+    def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
+                      with_pixel: bool = True) -> dict[int, Scores]:
+        """Scores for the first k normal references, for every k in ``shots``, with all m abnormal ones."""
+        self._check_params()
+        if self.mode == "full" and not hasattr(self, "network_"):
+            raise RuntimeError("nagl is not fitted: call fit(source), `gad train --method nagl`, or load a checkpoint")
+        shots = check_shots(references, shots)
+        check_not_scored(queries, references)
+        refs = list(references.normal[:shots[-1]])
+        cache = self.feature_cache()
+        cache.ensure(refs + list(references.abnormal) + list(queries))
+        normal = self.patch_features(refs)
+        side = tuple(normal.shape[-2:])
+        cells_per_ref = side[0] * side[1]
+        bank = to_patches(normal)
+        abnormal, cells = self._abnormal_references(references, side, bank.shape[1])
+        found_a = (nearest_per_group(abnormal.reshape(-1, bank.shape[1]), bank, cells_per_ref, "cosine",
+                                     return_index=True) if len(abnormal) else None)
+        image_scores: dict[int, list] = {k: [] for k in shots}
+        pixel_maps: dict[int, list] = {k: [] for k in shots}
+        for start in self._bar(range(0, len(queries), self.query_batch)):
+            features = self.patch_features(queries[start:start + self.query_batch])
+            b = len(features)
+            tokens = features.flatten(2).transpose(1, 2)
+            found = nearest_per_group(to_patches(features), bank, cells_per_ref, "cosine", return_index=True)
+            for k in shots:
+                distance, rows = nearest_in_first(*found, k)
+                abnormal_rows = (nearest_in_first(*found_a, k)[1].reshape(abnormal.shape[:2]) if found_a
+                                 else torch.zeros(0, cells_per_ref, dtype=torch.long, device=bank.device))
+                maps = self._maps(tokens, bank, rows.reshape(b, -1), distance.reshape(b, -1), [abnormal] * b,
+                                  [abnormal_rows] * b, [cells] * b, side)
+                pixel = upsample_blur(maps.reshape(b, *side).float(), self.image_size, self.sigma)
+                image_scores[k].append(image_score(pixel, self.reduction).cpu())
+                if with_pixel:
+                    pixel_maps[k].append(pixel.cpu())
+        return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
+                          pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in shots}
+
+    def _abnormal_references(self, references: References, side: tuple[int, int], dim: int):
+        """Abnormal-reference patches ``(m, N, D)`` and their attended cells ``(m, N)``."""
+        from gadlib.data.images import load_masks
+
+        device = self.feature_cache().device
+        if not references.abnormal:
+            cells = side[0] * side[1]
+            return (torch.zeros(0, cells, dim, device=device),
+                    torch.zeros(0, cells, dtype=torch.bool, device=device))
+        features = self.patch_features(references.abnormal).flatten(2).transpose(1, 2)
+        masks = list(references.abnormal_masks) + [None] * (len(references.abnormal) - len(references.abnormal_masks))
+        pixels = torch.from_numpy(load_masks(masks, references.abnormal, self.image_size)).float()
+        coverage = F.adaptive_avg_pool2d(pixels[:, None], side)[:, 0].flatten(1).to(device)
+        return features, self._abnormal_cells(coverage)
+
+
+    # -- persistence -------------------------------------------------------------------------------
+    def load_fitted_state(self, state: dict[str, torch.Tensor], meta: dict) -> None:
+        self._check_params()
+        fit = meta.get("fit") or {}
+        check_backbone(self, fit)
+        if "network_.proxies" in state:
+            self._build(state["network_.proxies"].shape[1])
+            self.network_.load_state_dict({k[len("network_."):]: v for k, v in state.items()
+                                           if k.startswith("network_.")})
+            self.network_.eval()
+        self.fit_record_ = fit
