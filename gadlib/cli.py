@@ -55,6 +55,8 @@ def evaluate(
     seeds: str = typer.Option("0,1,2", help="reference-draw seeds"),
     abnormal_shots: int = typer.Option(0, help="m abnormal references per episode"),
     abnormal_source: str = typer.Option("real", help="real | simulated"),
+    protocol: str = typer.Option("label-free", help="label-free (abnormal references of any defect type) | "
+                                                    "type-matched (NAGL's: of the query's defect type)"),
     checkpoint: Optional[Path] = typer.Option(None, help="a saved method (.safetensors + .json)"),
     backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
     backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
@@ -73,7 +75,7 @@ def evaluate(
     try:
         result = run_evaluation(dataset, method, _ints(shots, "--shots"), _ints(seeds, "--seeds"), out,
                                 method_params=params, checkpoint=checkpoint, abnormal_shots=abnormal_shots,
-                                abnormal_source=abnormal_source, progress=not quiet)
+                                abnormal_source=abnormal_source, protocol=protocol, progress=not quiet)
     except (ValueError, FileNotFoundError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2)

@@ -96,6 +96,34 @@ def summarize(tidy: pd.DataFrame, by: Sequence[str] = ("dataset", "domain", "met
     return out
 
 
+def paired_gain(tidy: pd.DataFrame, treatment: dict, baseline: dict, label: str, metric: str = "image_auroc",
+                keys: Sequence[str] = ("dataset", "domain", "shots", "seed")) -> pd.DataFrame:
+    """Per reference draw, ``metric`` of the treatment rows minus that of the baseline rows.
+
+    ``treatment`` and ``baseline`` select rows by column values (e.g. ``{"method": "nagl",
+    "abnormal_shots": 1}``); each side is first averaged over categories within ``keys``, so a
+    difference pairs the same dataset, k and seed (the same normal references). Returns tidy rows
+    (``keys``, ``method`` = ``label``, ``metric`` = ``"<metric>_gain"``, ``value``), ready for
+    :func:`summarize` or :func:`gadlib.viz.metric_vs_shots`; pairs missing on one side are dropped.
+    """
+    keys = list(keys)
+
+    def side(selection: dict) -> pd.Series:
+        rows = tidy[tidy["metric"] == metric]
+        for column, value in selection.items():
+            if column not in rows.columns:
+                raise ValueError(f"paired_gain: no column '{column}' in the tidy rows")
+            rows = rows[rows[column] == value]
+        if rows.empty:
+            raise ValueError(f"paired_gain: no '{metric}' rows match {selection}")
+        return rows.groupby(keys)["value"].mean()
+
+    difference = (side(treatment) - side(baseline)).dropna()
+    out = difference.rename("value").reset_index()
+    return out.assign(method=label, metric=f"{metric}_gain", abnormal_shots=treatment.get("abnormal_shots", 0),
+                      category="all")
+
+
 def defect_auroc(scores: pd.DataFrame) -> pd.DataFrame:
     """Image AUROC of each defect type against all normal queries, mean ± std over seeds.
 
@@ -129,7 +157,7 @@ def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int =
 def summary_table(tidy: pd.DataFrame, metric: str = "image_auroc",
                   rows: Sequence[str] = ("dataset", "domain", "method"), columns: str = "shots") -> pd.DataFrame:
     """A wide mean ± std table of one metric: ``rows`` down, ``columns`` (k) across, text cells."""
-    summary = summarize(tidy)
+    summary = summarize(tidy, by=list(dict.fromkeys([*rows, columns])))
     summary = summary[summary["metric"] == metric]
     if summary.empty:
         raise ValueError(f"no rows for metric '{metric}'; available: {sorted(tidy['metric'].unique())}")
@@ -161,6 +189,8 @@ def write_run(folder: Path, result, params: dict) -> None:
     """Write a StudyResult's files into ``folder`` (normally the temporary one of :func:`atomic_folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
     result.tidy.to_csv(folder / "tidy.csv", index=False)
+    if getattr(result, "per_type", None) is not None:
+        result.per_type.to_csv(folder / "tidy_per_defect_type.csv", index=False)
     if result.scores is not None:
         # mtime=0: the same results give the same bytes (no churn in committed run folders).
         result.scores.to_csv(folder / "scores.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})

@@ -29,6 +29,7 @@ class StudyResult:
     tidy: pd.DataFrame
     episodes: list[Episode] = field(default_factory=list)
     scores: pd.DataFrame | None = None
+    per_type: pd.DataFrame | None = None   # type-matched protocol: metrics of each defect type
 
 
 def _domain_groups(queries: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
@@ -109,12 +110,48 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
                        scores=pd.concat(score_rows, ignore_index=True))
 
 
+PROTOCOLS = ("label-free", "type-matched")
+
+
+def evaluate_type_matched(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[int] = (1, 2, 4, 8),
+                          seeds: Sequence[int] = (0, 1, 2), abnormal_shots: int = 1,
+                          categories: Sequence[str] | None = None, progress: bool = True) -> StudyResult:
+    """NAGL's protocol: the abnormal references share the queries' defect type.
+
+    For each category and each of its defect types, real abnormal references of that type guide the
+    queries made of the category's normal test images and that type's anomalies (references
+    excluded); the normal references are the same draw as in :func:`evaluate` (same seed, same
+    pool). Metrics are computed per defect type and averaged over types; ``scores`` and
+    ``per_type`` keep each type.
+
+    This protocol uses the queries' defect labels to pick the references: it measures what a
+    matching abnormal example is worth, not what a user without labels would get (the default,
+    label-free protocol of :func:`evaluate`).
+    """
+    categories = list(categories) if categories is not None else sorted(frame["category"].unique())
+    parts, scores, episodes = [], [], []
+    for category in categories:
+        rows = frame[frame["category"] == category]
+        types = sorted(rows.loc[(rows["split"] == "test") & (rows["label"] == 1), "defect"].astype(str).unique())
+        for defect in tqdm(types, desc=f"{dataset}/{category} {method.name} type-matched", unit="type",
+                           disable=not progress):
+            keep = (frame["category"] == category) & ((frame["label"] == 0) | (frame["defect"].astype(str) == defect))
+            result = evaluate(frame[keep], method, dataset, shots, seeds, abnormal_shots, "real", [category],
+                              progress=False)
+            parts.append(result.tidy.assign(defect=defect))
+            scores.append(result.scores.assign(reference_defect=defect))
+            episodes += result.episodes
+    per_type = pd.concat(parts, ignore_index=True)
+    tidy = per_type.groupby(TIDY_COLUMNS[:-1], as_index=False, sort=False)["value"].mean()[TIDY_COLUMNS]
+    return StudyResult(tidy=tidy, episodes=episodes, scores=pd.concat(scores, ignore_index=True), per_type=per_type)
+
+
 def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[int] = (1, 2, 4, 8),
                    seeds: Sequence[int] = (0, 1, 2), out: str | Path | None = None,
                    method_params: dict | None = None, checkpoint: str | Path | None = None,
                    abnormal_shots: int = 0, abnormal_source: str = "real",
                    categories: Sequence[str] | None = None, max_per_group: int | None = None,
-                   progress: bool = True) -> StudyResult:
+                   protocol: str = "label-free", progress: bool = True) -> StudyResult:
     """Load a dataset, build (or load) a method, evaluate it and write a run folder.
 
     This is what ``gad evaluate`` and the notebooks call, so both give the same numbers.
@@ -123,6 +160,8 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
         dataset: a dataset spec (see :func:`gadlib.data.load.load_dataset`).
         method: registered method name, or a ready Method.
         shots, seeds, abnormal_shots, abnormal_source, categories: see :func:`evaluate`.
+        protocol: ``"label-free"`` (:func:`evaluate`) or ``"type-matched"`` (:func:`evaluate_type_matched`;
+            real abnormal references only).
         out: run folder to write (atomically); ``None`` writes nothing.
         method_params: hyper-parameters for a method given by name.
         checkpoint: a saved method to load instead of creating one.
@@ -135,6 +174,11 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
     from gadlib.methods.base import Method as MethodBase
     from gadlib.results import atomic_folder, write_run
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
+    if protocol == "type-matched" and abnormal_source != "real":
+        raise ValueError("the type-matched protocol draws real abnormal references of the query's defect type; "
+                         "use abnormal_source='real' (or the label-free protocol for simulated references)")
     name, frame = load_dataset(dataset)
     frame = subsample(frame, max_per_group)
     params = dict(method_params or {}, progress=progress)
@@ -147,13 +191,18 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
     record = dict(dataset=dataset, dataset_name=name, method=model.name, method_params=model.get_params(),
                   checkpoint=str(checkpoint) if checkpoint else None, shots=list(shots), seeds=list(seeds),
                   abnormal_shots=abnormal_shots, abnormal_source=abnormal_source,
-                  categories=list(categories) if categories else None, max_per_group=max_per_group)
+                  categories=list(categories) if categories else None, max_per_group=max_per_group,
+                  protocol=protocol)
+
+    def run() -> StudyResult:
+        if protocol == "type-matched":
+            return evaluate_type_matched(frame, model, name, shots, seeds, abnormal_shots, categories, progress)
+        return evaluate(frame, model, name, shots, seeds, abnormal_shots, abnormal_source, categories, None, progress)
+
     if out is None:
-        return evaluate(frame, model, name, shots, seeds, abnormal_shots, abnormal_source, categories,
-                        None, progress)
+        return run()
     with atomic_folder(out) as folder:
-        result = evaluate(frame, model, name, shots, seeds, abnormal_shots, abnormal_source, categories,
-                          None, progress)
+        result = run()
         cache = getattr(model, "feature_cache", None)
         if cache is not None:
             record["backbone_key"] = cache().backbone.key()
