@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)/quickstart
 	$(BIN)/gad notebook notebooks/20_cross_domain.ipynb $(STUDY_OUT)/cross_domain
+	$(BIN)/gad notebook notebooks/25_normal_abnormal.ipynb $(STUDY_OUT)/normal_abnormal
 	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md README.md --marker nagl-ablation-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -126,3 +126,54 @@ def test_cross_domain_tables_come_from_the_tidy_rows(cross_domain):
     main = tidy[(tidy["method"] == "resad") & (tidy["shots"] == 2)]["value"].sort_values().to_numpy()
     default = ablation[ablation["method"] == "ResAD (default)"]["value"].sort_values().to_numpy()
     assert (main == default).all()
+
+
+@pytest.fixture(scope="module")
+def normal_abnormal(tmp_path_factory):
+    """The normal-and-abnormal notebook on a tiny suite: kNN, InCTRL-vision and NAGL, m = 0 and 1."""
+    from gadlib.data.synth import generate_suite
+
+    root = tmp_path_factory.mktemp("guided_suite")
+    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
+                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
+    spec = f"synth:{root}"
+    small = dict(image_size=64, epochs=2, steps_per_epoch=3, simulated_per_category=4)
+    params = dict(source=spec, source_categories=["tile", "wood_grain"], targets={spec: ["leather"]},
+                  methods=["knn", "inctrl", "nagl"], method_params={"knn": {"image_size": 64}, "inctrl": small,
+                                                                   "nagl": small},
+                  shots=[1, 2], seeds=[0, 1, 2], abnormal_shots=[0, 1],
+                  ablation={"normal map only": "normal_only", "NAGL (full)": "full"}, n_overlays=2, progress=False)
+    out = tmp_path_factory.mktemp("guided") / "normal_abnormal"
+    run_notebook(NOTEBOOK_DIR / "25_normal_abnormal.ipynb", out, params)
+    return out
+
+
+def test_normal_abnormal_writes_tables_figures_and_records(normal_abnormal):
+    names = {p.name for p in normal_abnormal.iterdir()}
+    assert {"tidy.csv", "table_image_auroc.md", "table_pixel.md", "table_gain.md", "table_ablation.md",
+            "table_published.md", "gain_vs_shots.png", "auroc_vs_shots.png", "maps_synth.png",
+            "training_curve_nagl.png", "training_curve_inctrl.png", "parameters.json", "environment.json",
+            "runs", "25_normal_abnormal.ipynb"} <= names
+    assert not _errors(normal_abnormal / "25_normal_abnormal.ipynb")
+    assert "NAGL" in (normal_abnormal / "table_published.md").read_text()
+
+
+def test_normal_abnormal_tables_come_from_the_tidy_rows(normal_abnormal):
+    from gadlib.results import paired_gain
+
+    tidy = pd.read_csv(normal_abnormal / "tidy.csv")
+    assert set(tidy["method"]) == {"kNN", "InCTRL-vision", "NAGL"}
+    assert set(tidy["protocol"]) == {"label-free", "type-matched", "simulated"}
+    assert set(tidy.loc[tidy["protocol"] == "type-matched", "method"]) == {"kNN", "NAGL"}
+    assert set(tidy["abnormal_shots"]) == {0, 1}
+    table = pd.read_csv(normal_abnormal / "table_image_auroc.csv", keep_default_na=False)
+    expected = summary_table(tidy, "image_auroc", rows=("dataset", "protocol", "abnormal_shots", "method"))
+    assert table["shots=2"].tolist() == expected["shots=2"].tolist()
+    gain = paired_gain(tidy, {"method": "NAGL", "abnormal_shots": 1, "protocol": "label-free"},
+                       {"method": "kNN", "abnormal_shots": 1, "protocol": "label-free"}, "g")
+    cell = summary_table(gain, "image_auroc_gain", rows=("dataset", "method"))["shots=1"].iloc[0]
+    assert f"| synth | NAGL m=1 − kNN (label-free) | {cell} |" in (normal_abnormal / "table_gain.md").read_text()
+    ablation = pd.read_csv(normal_abnormal / "ablation_tidy.csv")
+    assert set(ablation["method"]) == {"normal map only", "NAGL (full)"}
+    full = ablation[(ablation["method"] == "NAGL (full)") & (ablation["metric"] == "image_auroc")]
+    assert len(full) and set(full["abnormal_shots"]) == {1}
