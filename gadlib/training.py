@@ -233,6 +233,37 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
     return model, path
 
 
+def optimise(step, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, desc: str, progress: bool,
+             scheduler=None) -> list[dict]:
+    """Run a training schedule fixed in advance and return its curve.
+
+    ``step()`` draws an episode and returns named loss tensors; their sum is minimised. Returns one
+    dict per epoch: ``epoch`` and the mean of each loss over the epoch's steps.
+    """
+    history, sums = [], {}
+    for epoch, index, bar in iterate_epochs(epochs, steps_per_epoch, desc, progress):
+        losses = step()
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        if index == steps_per_epoch - 1:
+            history.append(dict(epoch=epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}))
+            bar.set_postfix(loss=f"{sum(history[-1][k] for k in sums):.3f}")
+            sums = {}
+    return history
+
+
+def fit_record(history: list[dict], cache: FeatureCache, pool: SourcePool, seconds: float, **extra) -> dict:
+    """What a checkpoint records about its training besides tensors (kept in its JSON)."""
+    return dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
+                train_seconds=round(seconds, 1), source_categories=pool.categories,
+                source_dropped_without_mask=pool.dropped_without_mask, **extra)
+
+
 def iterate_epochs(epochs: int, steps_per_epoch: int, desc: str, progress: bool):
     """``(epoch, step)`` pairs with one progress bar over all steps."""
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)

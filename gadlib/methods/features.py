@@ -22,6 +22,11 @@ class BackboneFeatures:
         """Backbone levels ``[(B, C_l, H_l, W_l)]`` -> aggregated, level-aligned ``(B, D, H, W)``."""
         return align_levels([local_aggregate(level, self.neighbourhood) for level in levels], self.grid)
 
+    def predict(self, queries: Sequence[str], references, with_pixel: bool = True):
+        """Scores with all k normal references: :meth:`predict_shots` for that one k."""
+        k = len(references.normal)
+        return self.predict_shots(queries, references, [k], with_pixel)[k]
+
     def _bar(self, batches):
         """A progress bar over query batches (hidden when ``progress`` is off)."""
         from tqdm.auto import tqdm
@@ -58,3 +63,11 @@ def check_backbone(method, fit: dict) -> None:
         raise ValueError(f"checkpoint was trained on backbone features '{expected}', but this model "
                          f"extracts '{actual}'; load it with the backbone, levels, image size and "
                          "weights it was trained with (or retrain with `gad train`)")
+
+
+def collect_scores(image_scores: dict[int, list], pixel_maps: dict[int, list], with_pixel: bool) -> dict:
+    """Per-k lists of batch tensors -> ``{k: Scores}`` (image ``(N,)``, pixel ``(N, H, W)`` or ``None``)."""
+    from gadlib.methods.base import Scores
+
+    return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
+                      pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in image_scores}

@@ -35,7 +35,7 @@ from gadlib.kernels.patches import local_aggregate
 from gadlib.kernels.residual import nearest_per_group
 from gadlib.kernels.scoring import upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
+from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
 from gadlib.modules.losses import focal_loss
 
 
@@ -170,7 +170,7 @@ class InCTRL(BackboneFeatures, Method):
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "InCTRL":
         """Train the heads on balanced source batches (see :meth:`SourcePool.episode`)."""
-        from gadlib.training import SourcePool, iterate_epochs
+        from gadlib.training import SourcePool, fit_record, optimise
 
         cache = self.feature_cache()
         pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
@@ -181,9 +181,11 @@ class InCTRL(BackboneFeatures, Method):
         optimizer = torch.optim.AdamW(self.heads_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         rng = np.random.default_rng(self.seed)
         paths = pool.frame["image_path"].tolist()
-        history, sums, started = [], {}, time.perf_counter()
+        labels = torch.tensor(pool.frame["label"].to_numpy(), dtype=torch.float32)
+        started = time.perf_counter()
         self.heads_.train()
-        for epoch, step, bar in iterate_epochs(self.epochs, self.steps_per_epoch, "inctrl training", self.progress):
+
+        def step():
             episode = pool.episode(rng, int(rng.integers(1, self.train_shots + 1)), self.batch_size, 0.5)
             q, r = torch.from_numpy(episode.queries), torch.from_numpy(episode.references)
             k = len(r)
@@ -191,22 +193,11 @@ class InCTRL(BackboneFeatures, Method):
                                          [t[r].to(cache.device) for t in tokens], [k])[k]
             text = self._text_scores([paths[i] for i in episode.queries])
             out = self.heads_(patch, embeddings[q].to(cache.device), embeddings[r].to(cache.device), text)
-            labels = torch.from_numpy(pool.frame["label"].to_numpy()[episode.queries]).float().to(cache.device)
-            losses = {name: self._focal(out[name], labels) for name in ("final", "image")}
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if step == self.steps_per_epoch - 1:
-                history.append(dict(epoch=epoch + 1, **{k: v / self.steps_per_epoch for k, v in sums.items()}))
-                bar.set_postfix(loss=f"{sum(history[-1][k] for k in sums):.3f}")
-                sums = {}
+            return {name: self._focal(out[name], labels[q].to(cache.device)) for name in ("final", "image")}
+
+        history = optimise(step, optimizer, self.epochs, self.steps_per_epoch, "inctrl training", self.progress)
         self.heads_.eval()
-        self.fit_record_ = dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
-                                train_seconds=round(time.perf_counter() - started, 1),
-                                source_categories=pool.categories, variant=self.variant,
-                                source_dropped_without_mask=pool.dropped_without_mask)
+        self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started, variant=self.variant)
         return self
 
     def _focal(self, probability: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -215,10 +206,6 @@ class InCTRL(BackboneFeatures, Method):
         return focal_loss(probability, labels, self.focal_gamma)
 
     # -- inference ---------------------------------------------------------------------------------
-    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
-        k = len(references.normal)
-        return self.predict_shots(queries, references, [k], with_pixel)[k]
-
     @torch.inference_mode()
     def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
                       with_pixel: bool = True) -> dict[int, Scores]:
@@ -242,8 +229,7 @@ class InCTRL(BackboneFeatures, Method):
                 image_scores[k].append(out["final"].cpu())
                 if with_pixel:
                     pixel_maps[k].append(upsample_blur(patch.reshape(-1, side, side), self.image_size, self.sigma).cpu())
-        return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
-                          pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in shots}
+        return collect_scores(image_scores, pixel_maps, with_pixel)
 
 
     # -- persistence -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from gadlib.kernels.patches import to_patches
 from gadlib.kernels.residual import nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, check_not_scored, check_shots
+from gadlib.methods.features import BackboneFeatures, collect_scores, check_not_scored, check_shots
 
 
 @register_method("knn")
@@ -58,10 +58,6 @@ class KNNResidual(BackboneFeatures, Method):
         self.device = device
         self.progress = progress
 
-    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
-        k = len(references.normal)
-        return self.predict_shots(queries, references, [k], with_pixel)[k]
-
     def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
                       with_pixel: bool = True) -> dict[int, Scores]:
         """Scores for the first k normal references, for every k in ``shots``, in one matching pass.
@@ -90,5 +86,4 @@ class KNNResidual(BackboneFeatures, Method):
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())
-        return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
-                          pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in shots}
+        return collect_scores(image_scores, pixel_maps, with_pixel)

@@ -40,7 +40,7 @@ from gadlib.kernels.residual import nearest_in_first, nearest_neighbour, nearest
 from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
 from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
+from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
 from gadlib.modules.attention import ProxyAttention, stack_references
 from gadlib.modules.losses import dice_loss, focal_loss
 
@@ -209,7 +209,7 @@ class NAGL(BackboneFeatures, Method):
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "NAGL":
         """Train proxies and attention on source episodes (see :meth:`SourcePool.guided_episode`)."""
-        from gadlib.training import SourcePool, iterate_epochs
+        from gadlib.training import SourcePool, fit_record, optimise
 
         self._check_params()
         cache = self.feature_cache()
@@ -225,29 +225,19 @@ class NAGL(BackboneFeatures, Method):
         total = self.epochs * self.steps_per_epoch
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * total), int(0.75 * total)], 0.1)
         rng = np.random.default_rng(self.seed)
-        history, sums, started = [], {}, time.perf_counter()
+        started = time.perf_counter()
         self.network_.train()
-        steps = iterate_epochs(self.epochs if trained else 0, self.steps_per_epoch, "nagl training", self.progress)
-        for epoch, step, bar in steps:
+
+        def step():
             episodes = [pool.guided_episode(rng, int(rng.integers(1, self.train_shots + 1)),
                                             int(rng.integers(1, self.train_abnormal_shots + 1)),
                                             self.anomaly_fraction) for _ in range(self.batch_size)]
-            losses = self._train_step(tokens, coverage, episodes, side)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            scheduler.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if step == self.steps_per_epoch - 1:
-                history.append(dict(epoch=epoch + 1, **{k: v / self.steps_per_epoch for k, v in sums.items()}))
-                bar.set_postfix(loss=f"{sum(history[-1][k] for k in sums):.3f}")
-                sums = {}
+            return self._train_step(tokens, coverage, episodes, side)
+
+        history = optimise(step, optimizer, self.epochs if trained else 0, self.steps_per_epoch, "nagl training",
+                           self.progress, scheduler)
         self.network_.eval()
-        self.fit_record_ = dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
-                                train_seconds=round(time.perf_counter() - started, 1),
-                                source_categories=pool.categories,
-                                source_dropped_without_mask=pool.dropped_without_mask)
+        self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started)
         return self
 
     def _train_step(self, tokens, coverage, episodes, side) -> dict[str, torch.Tensor]:
@@ -279,10 +269,6 @@ class NAGL(BackboneFeatures, Method):
                                                  labels))
 
     # -- inference ---------------------------------------------------------------------------------
-    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
-        k = len(references.normal)
-        return self.predict_shots(queries, references, [k], with_pixel)[k]
-
     @torch.inference_mode()
     def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
                       with_pixel: bool = True) -> dict[int, Scores]:
@@ -319,8 +305,7 @@ class NAGL(BackboneFeatures, Method):
                 image_scores[k].append(image_score(pixel, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(pixel.cpu())
-        return {k: Scores(image=torch.cat(image_scores[k]).numpy(),
-                          pixel=torch.cat(pixel_maps[k]).numpy() if with_pixel else None) for k in shots}
+        return collect_scores(image_scores, pixel_maps, with_pixel)
 
     def _abnormal_references(self, references: References, side: tuple[int, int], dim: int):
         """Abnormal-reference patches ``(m, N, D)`` and their attended cells ``(m, N)``."""

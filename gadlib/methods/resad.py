@@ -175,7 +175,7 @@ class ResAD(BackboneFeatures, Method):
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "ResAD":
         """Train constraintors and flows on a source-domain schema table (see :class:`SourcePool`)."""
-        from gadlib.training import SourcePool, iterate_epochs
+        from gadlib.training import SourcePool, fit_record, optimise
 
         self._check_params()
         cache = self.feature_cache()
@@ -187,29 +187,19 @@ class ResAD(BackboneFeatures, Method):
         total = self.epochs * self.steps_per_epoch
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.7 * total), int(0.9 * total)], 0.1)
         rng = np.random.default_rng(self.seed)
-        history, sums, started = [], {}, time.perf_counter()
+        started = time.perf_counter()
         self.constraintors_.train()
         self.flows_.train()
-        for epoch, step, bar in iterate_epochs(self.epochs, self.steps_per_epoch, "resad training", self.progress):
+
+        def step():
             episode = pool.episode(rng, self.train_shots, self.batch_size, self.anomaly_fraction)
-            losses = self._train_step(levels, pool.abnormal_fraction, episode, rng)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            scheduler.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if step == self.steps_per_epoch - 1:
-                history.append(dict(epoch=epoch + 1, **{k: v / self.steps_per_epoch for k, v in sums.items()}))
-                bar.set_postfix(loss=f"{sum(history[-1][k] for k in sums):.3f}")
-                sums = {}
+            return self._train_step(levels, pool.abnormal_fraction, episode, rng)
+
+        history = optimise(step, optimizer, self.epochs, self.steps_per_epoch, "resad training", self.progress, scheduler)
         self.constraintors_.eval()
         self.flows_.eval()
         self.source_logp_max_ = self._source_constants(levels, pool, rng)
-        self.fit_record_ = dict(history=history, backbone_key=cache.backbone.key(), source_images=len(pool),
-                                train_seconds=round(time.perf_counter() - started, 1),
-                                source_categories=pool.categories,
-                                source_dropped_without_mask=pool.dropped_without_mask)
+        self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started)
         return self
 
     def _train_step(self, levels, fractions, episode, rng) -> dict[str, torch.Tensor]:
@@ -249,10 +239,6 @@ class ResAD(BackboneFeatures, Method):
         return best
 
     # -- inference ---------------------------------------------------------------------------------
-    def predict(self, queries: Sequence[str], references: References, with_pixel: bool = True) -> Scores:
-        k = len(references.normal)
-        return self.predict_shots(queries, references, [k], with_pixel)[k]
-
     @torch.inference_mode()
     def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
                       with_pixel: bool = True) -> dict[int, Scores]:
