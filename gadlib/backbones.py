@@ -119,8 +119,11 @@ class Backbone(nn.Module):
                 f"CLI: --backbone-weights PATH). Default backbone without a file: '{DEFAULT_BACKBONE}'.")
         if weights_path is not None and not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: backbone weights file not found")
-        self.model = create_timm(name, timm_weights_file(name, weights_path) if weights_path else None,
-                                 features_only=True, out_indices=self.levels)
+        source = timm_weights_file(name, weights_path) if weights_path else None
+        try:  # transformers (ViT, DINOv2) are built for the input size, their position codes resampled
+            self.model = create_timm(name, source, features_only=True, out_indices=self.levels, img_size=image_size)
+        except TypeError:  # CNNs take any size and no img_size argument
+            self.model = create_timm(name, source, features_only=True, out_indices=self.levels)
         self.weights_digest = file_digest(weights_path) if weights_path is not None else "random-init"
         self.model.eval().requires_grad_(False)
         config = timm.data.resolve_data_config({}, model=self.model)

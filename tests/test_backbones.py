@@ -302,3 +302,18 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
     save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}, str(weights))
     with pytest.raises(ValueError, match="do not fit timm's 'test_convnext'"):
         Backbone("test_convnext", image_size=64, weights=weights)
+
+
+def test_a_vit_backbone_is_built_for_the_input_size(tmp_path):
+    """NAGL's backbone: DINOv2 ViT-S/14 at 448 px gives a 32 x 32 grid of 384-d tokens (random weights here)."""
+    import timm
+    import torch
+
+    from gadlib.backbones import Backbone
+
+    weights = tmp_path / "dinov2_vits14.pth"
+    torch.save(timm.create_model("vit_small_patch14_dinov2", pretrained=False).state_dict(), weights)
+    backbone = Backbone("vit_small_patch14_dinov2", levels=[11], image_size=448, weights=weights)
+    assert backbone.channels == [384] and backbone.strides == [14]
+    (tokens,) = backbone(torch.zeros(1, 3, 448, 448))
+    assert tokens.shape == (1, 384, 32, 32)
