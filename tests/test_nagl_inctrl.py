@@ -253,7 +253,7 @@ def test_nagl_ablation_modes(trained, gap_suite):
     model, _ = trained["nagl"]
     episode = sample_episode(gap_suite, "leather", 2, seed=0, abnormal_shots=1, dataset="gap")
     refs = References.from_episode(episode)
-    normal_only = model.with_params(mode="normal_only").predict(episode.queries, refs)
+    normal_only = create_method("nagl", image_size=96, mode="normal_only", progress=False).predict(episode.queries, refs)
     # The normal map alone is 1 - s_n = (1 - cos) / 2: a cosine kNN map without aggregation differences.
     knn = create_method("knn", image_size=96, metric="cosine", reduction="top1%", progress=False)
     np.testing.assert_allclose(normal_only.pixel, knn.predict(episode.queries, refs).pixel / 2, rtol=1e-4, atol=1e-6)
@@ -263,6 +263,23 @@ def test_nagl_ablation_modes(trained, gap_suite):
         create_method("nagl", image_size=96, progress=False).predict(episode.queries, refs)
     with pytest.raises(ValueError, match="mode must be one of"):
         model.with_params(mode="bogus").predict(episode.queries, refs)
+    # Centred features need the fitted source mean.
+    with pytest.raises(RuntimeError, match="needs the source mean"):
+        create_method("nagl", image_size=96, mode="untrained", center="source", progress=False).predict(
+            episode.queries, refs)
+
+
+def test_nagl_centred_features_subtract_the_source_mean(trained, gap_suite):
+    from gadlib.methods import create_method
+
+    model = create_method("nagl", **dict(SMALL, epochs=1, steps_per_epoch=2), center="source")
+    model.fit(gap_suite[gap_suite["category"] != "leather"])
+    path = gap_suite["image_path"].iloc[-1]
+    raw = create_method("nagl", image_size=96, progress=False).patch_features([path])
+    assert model.feature_mean_.shape == (raw.shape[1],)
+    assert model.feature_mean_.abs().max() > 0
+    torch.testing.assert_close(model.centred_features([path]), raw - model.feature_mean_[:, None, None])
+    assert torch.equal(trained["nagl"][0].feature_mean_, torch.zeros(raw.shape[1]))          # center="none"
 
 
 # -- protocols and gains ---------------------------------------------------------------------------
