@@ -27,6 +27,7 @@ study: $(STAMP)
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md README.md --marker nagl-ablation-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_published.md README.md --marker published-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
