@@ -163,15 +163,18 @@ class SourcePool:
                        anomaly_fraction: float = 0.5) -> "GuidedEpisode":
         """NAGL's episode: k normal and m abnormal references of one defect type, and one query.
 
-        The category is drawn among those with a defect type of at least ``m + 1`` images; the query
+        The category is drawn among those with a defect type of at least ``m + 1`` images (``m`` is
+        lowered to what the largest defect type allows, at least 1); the query
         is, with probability ``anomaly_fraction``, another anomaly of that type, else a normal image
         that is not a reference.
         """
+        largest = max((len(index) for types in self.abnormal_by_defect.values() for index in types.values()), default=0)
+        if largest < 2:
+            raise ValueError("no source category has a defect type with 2 anomalies (an abnormal reference + a "
+                             "query); add anomalies with masks or simulated ones (simulated_per_category)")
+        abnormal_shots = min(abnormal_shots, largest - 1)   # small sources: as many as one defect type allows
         usable = [c for c in self.categories
                   if any(len(index) > abnormal_shots for index in self.abnormal_by_defect[c].values())]
-        if not usable:
-            raise ValueError(f"no source category has a defect type with {abnormal_shots + 1} anomalies "
-                             "(m abnormal references + a query); lower the abnormal shots or add anomalies")
         category = usable[rng.integers(len(usable))]
         types = [d for d, index in self.abnormal_by_defect[category].items() if len(index) > abnormal_shots]
         abnormal = rng.permutation(self.abnormal_by_defect[category][types[rng.integers(len(types))]])

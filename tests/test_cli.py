@@ -129,3 +129,26 @@ def test_train_bad_input_exits_2(tiny_suite, tmp_path):
                                 "--out", str(tmp_path / "d"), "--quiet"])
     assert empty.exit_code == 2 and "known: ['screw', 'tile']" in empty.output
     assert not (tmp_path / "d.json").exists()
+
+
+def test_nagl_trains_and_evaluates_with_abnormal_references_under_both_protocols(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    ckpt = tmp_path / "nagl"
+    small = ["-m", "image_size=64", "-m", "epochs=1", "-m", "steps_per_epoch=2", "-m", "simulated_per_category=2"]
+    trained = runner.invoke(app, ["train", "--method", "nagl", "--source", f"folder:{root}", "--source-categories",
+                                  "tile", "--out", str(ckpt), "--quiet", *small])
+    assert trained.exit_code == 0, trained.output
+    base = ["evaluate", "--dataset", f"folder:{root}", "--checkpoint", str(ckpt), "--shots", "1,2",
+            "--seeds", "0,1,2", "--abnormal-shots", "1", "--quiet"]
+    for protocol in ("label-free", "type-matched"):
+        out = tmp_path / protocol
+        result = runner.invoke(app, base + ["--protocol", protocol, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        tidy = read_tidy(out)
+        assert set(tidy["method"]) == {"nagl"} and set(tidy["abnormal_shots"]) == {1}
+        assert (out / "tidy_per_defect_type.csv").is_file() == (protocol == "type-matched")
+    bad = runner.invoke(app, base + ["--protocol", "peeking", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "protocol must be one of" in bad.output
+    simulated = runner.invoke(app, base + ["--protocol", "type-matched", "--abnormal-source", "simulated",
+                                           "--out", str(tmp_path / "bad2")])
+    assert simulated.exit_code == 2 and "type-matched protocol draws real abnormal references" in simulated.output

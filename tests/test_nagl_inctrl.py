@@ -156,8 +156,13 @@ def test_guided_source_episodes_match_defect_types_and_never_query_a_reference(g
             assert pool.frame["defect"].iloc[episode.query] == abnormal["defect"].iloc[0]
         labels.append(episode.label)
     assert 0.2 < np.mean(labels) < 0.8
-    with pytest.raises(ValueError, match="no source category has a defect type"):
-        pool.guided_episode(rng, shots=3, abnormal_shots=50)
+    # m is capped at what the largest defect type allows (here 4 real + 3 simulated of a kind, minus the query).
+    largest = max(len(i) for types in pool.abnormal_by_defect.values() for i in types.values())
+    assert len(pool.guided_episode(rng, shots=3, abnormal_shots=50).abnormal_refs) == largest - 1
+    lonely = SourcePool(gap_suite[(gap_suite["category"] == "tile") & (gap_suite["label"] == 0)],
+                        create_method("nagl", **SMALL).feature_cache(), simulated_per_category=1)
+    with pytest.raises(ValueError, match="no source category has a defect type with 2 anomalies"):
+        lonely.guided_episode(rng, shots=3, abnormal_shots=1)
 
 
 def test_tiny_training_records_finite_curves(trained):
