@@ -188,7 +188,7 @@ class NAGL(BackboneFeatures, Method):
 
     def _maps(self, features: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, distance: torch.Tensor,
               abnormal: list[torch.Tensor], abnormal_rows: list[torch.Tensor], cells: list[torch.Tensor],
-              side: tuple[int, int]) -> torch.Tensor:
+              side: tuple[int, int], mined: torch.Tensor | None = None) -> torch.Tensor:
         """Patch maps ``(B, N)`` of B queries.
 
         Args:
@@ -196,6 +196,8 @@ class NAGL(BackboneFeatures, Method):
                 ``rows``/``distance`` ``(B, N)`` each query patch's nearest bank row and its ``1 - cos``.
             abnormal, abnormal_rows, cells: per query, its abnormal references ``(m, N, D)``, their
                 nearest bank rows ``(m, N)`` (into the same bank) and attended cells ``(m, N)``.
+            mined: ``(1, P, D)`` proxies already mined from references shared by all B queries
+                (:meth:`_mine`); ``None`` mines per query.
         """
         normal_similarity = 1 - distance / 2
         if self.mode == "normal_only":
@@ -208,13 +210,19 @@ class NAGL(BackboneFeatures, Method):
             if self.mode == "abnormal_knn":
                 return abnormal_similarity
         else:
-            slots = max(1, max(len(refs) for refs in abnormal))
-            position = self._position(d, side, slots)
-            keys, allowed = stack_references(list(abnormal), list(cells), position)
-            values, _ = stack_references(residual_a, list(cells), torch.zeros_like(position))
-            mined = self.network_.mine(keys, values, allowed)
-            abnormal_similarity = self.network_.abnormal_similarity(mined, residual_q + position[0], features)
+            mined = self._mine(abnormal, residual_a, cells, side) if mined is None else mined.expand(b, -1, -1)
+            position = self._position(d, side, 1)[0]       # the query's code = the first reference slot's
+            abnormal_similarity = self.network_.abnormal_similarity(mined, residual_q + position, features)
         return normal_abnormal_map(abnormal_similarity, normal_similarity)
+
+    def _mine(self, abnormal: list[torch.Tensor], residual_a: list[torch.Tensor], cells: list[torch.Tensor],
+              side: tuple[int, int]) -> torch.Tensor:
+        """Residual Mining: per sample, proxies ``(B, P, D)`` from its abnormal references and residuals."""
+        slots = max(1, max(len(refs) for refs in abnormal))
+        position = self._position(abnormal[0].shape[-1], side, slots)
+        keys, allowed = stack_references(list(abnormal), list(cells), position)
+        values, _ = stack_references(residual_a, list(cells), torch.zeros_like(position))
+        return self.network_.mine(keys, values, allowed)
 
     @staticmethod
     def _abnormal_knn(residual_q: torch.Tensor, residual_a: list[torch.Tensor], cells: list[torch.Tensor]):
@@ -311,6 +319,11 @@ class NAGL(BackboneFeatures, Method):
         abnormal, cells = self._abnormal_references(references, side, bank.shape[1])
         found_a = (nearest_per_group(abnormal.reshape(-1, bank.shape[1]), bank, cells_per_ref, "cosine",
                                      return_index=True) if len(abnormal) else None)
+        # The abnormal references are the same for every query: match and mine them once per k.
+        abnormal_rows = {k: nearest_in_first(*found_a, k)[1].reshape(abnormal.shape[:2]) if found_a
+                         else torch.zeros(0, cells_per_ref, dtype=torch.long, device=bank.device) for k in shots}
+        mined = {k: self._mine([abnormal], [abnormal - bank[abnormal_rows[k]]], [cells], side)
+                 for k in shots} if self.mode == "full" else {}
         image_scores: dict[int, list] = {k: [] for k in shots}
         pixel_maps: dict[int, list] = {k: [] for k in shots}
         for start in self._bar(range(0, len(queries), self.query_batch)):
@@ -320,10 +333,8 @@ class NAGL(BackboneFeatures, Method):
             found = nearest_per_group(to_patches(features), bank, cells_per_ref, "cosine", return_index=True)
             for k in shots:
                 distance, rows = nearest_in_first(*found, k)
-                abnormal_rows = (nearest_in_first(*found_a, k)[1].reshape(abnormal.shape[:2]) if found_a
-                                 else torch.zeros(0, cells_per_ref, dtype=torch.long, device=bank.device))
                 maps = self._maps(tokens, bank, rows.reshape(b, -1), distance.reshape(b, -1), [abnormal] * b,
-                                  [abnormal_rows] * b, [cells] * b, side)
+                                  [abnormal_rows[k]] * b, [cells] * b, side, mined.get(k))
                 pixel = upsample_blur(maps.reshape(b, *side).float(), self.image_size, self.sigma)
                 image_scores[k].append(image_score(pixel, self.reduction).cpu())
                 if with_pixel:
