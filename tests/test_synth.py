@@ -230,3 +230,14 @@ def test_contact_sheet(suite):
     n_rows, n_cols = len(CATEGORIES), 2 + len(DEFECTS)
     assert sheet.shape[0] >= n_rows * 40 and sheet.shape[1] >= n_cols * 40
     assert ((sheet == (255, 0, 0)).all(axis=2)).sum() > 0  # mask outlines are drawn
+
+
+def test_a_synth_spec_with_a_path_reads_the_suite_there(tmp_path):
+    """`synth:PATH` must load a custom suite as generated, never regenerate the default one over it."""
+    from gadlib.data.load import load_dataset
+
+    small = generate_suite(tmp_path, categories=["tile"], defects=["hole"], n_train=2, n_test_normal=1,
+                           n_test_per_defect=1, size=48, seed=4)
+    name, frame = load_dataset(f"synth:{tmp_path}")
+    assert name == "synth" and set(frame["category"]) == {"tile"} and len(frame) == len(small) == 4
+    assert sorted(frame["image_path"]) == sorted(small["image_path"])

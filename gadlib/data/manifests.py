@@ -31,7 +31,7 @@ PARSERS: dict[str, str] = {
     "medianomaly": "gadlib.data.medical:parse_medianomaly",
     "elpv": "gadlib.data.elpv:parse_elpv",
     "textile": "gadlib.data.textile:parse_textile",
-    "synth": "gadlib.data.synth:generate_suite",
+    "synth": "gadlib.data.synth:load_suite",
 }
 REQUIRED_FIELDS: tuple[str, ...] = (
     "name", "title", "source", "licence", "citation", "parser", "parser_args", "layout",

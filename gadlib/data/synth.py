@@ -320,6 +320,19 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
+def load_suite(root: str | os.PathLike) -> pd.DataFrame:
+    """The suite at ``root`` as it was generated (any arguments); the default suite if none is there.
+
+    This is the ``synth`` manifest's parser: ``synth:PATH`` reads a custom suite (e.g. a small one made
+    for a test) instead of regenerating the default suite over it.
+    """
+    root = Path(root).resolve()
+    previous = _read_manifest(root)
+    if previous is not None and all((root / f).is_file() for f in _files(previous["rows"])):
+        return _frame(root, previous["rows"])
+    return generate_suite(root)
+
+
 def _files(rows: list[dict]) -> list[str]:
     return [r["image_path"] for r in rows] + [r["mask_path"] for r in rows if r["mask_path"]]
 
