@@ -32,13 +32,17 @@ TRAINING_VERSION = 1
 SIMULATORS = ("cut_paste", "noise_blob")
 
 
-def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = None) -> pd.DataFrame:
+def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = None,
+                defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None) -> pd.DataFrame:
     """The source domain as one schema table.
 
     Args:
         specs: dataset spec(s) (see :func:`gadlib.data.load.load_dataset`), e.g. ``"synth"``.
         categories: keep only these categories (names as in the datasets); ``None`` keeps all.
+        defects: keep only anomalies of these defect types (:func:`gadlib.gaps.keep_defects`).
+        normal_splits: keep only normal images of these splits (:func:`gadlib.gaps.normal_splits`).
     """
+    from gadlib import gaps
     from gadlib.data.load import load_dataset
 
     specs = [specs] if isinstance(specs, str) else list(specs)
@@ -49,6 +53,7 @@ def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = N
         name, frame = load_dataset(spec)
         if categories is not None:
             frame = frame[frame["category"].isin(list(categories))]
+        frame = gaps.normal_splits(gaps.keep_defects(frame, defects), normal_splits)
         if len(specs) > 1:
             frame = frame.assign(category=name + "/" + frame["category"])
         frames.append(frame)
@@ -198,26 +203,35 @@ class GuidedEpisode:
 
 def _jsonable_params(params: dict) -> dict:
     skip = {"progress", "device", "cache_dir", "query_batch"}
-    return {k: v for k, v in sorted(params.items()) if k not in skip}
+    # VOD settings came after the first checkpoints: "none" is what those were trained with, so it is
+    # left out of the key and they stay valid.
+    return {k: v for k, v in sorted(params.items())
+            if k not in skip and not (k.startswith("vod_") and v == "none")}
 
 
 def checkpoint_path(method: str, params: dict, source: str | Sequence[str], categories: Sequence[str] | None,
-                    backbone_key: str, root: str | Path | None = None) -> Path:
+                    backbone_key: str, root: str | Path | None = None, defects: Sequence[str] | None = None,
+                    normal_splits: Sequence[str] | None = None) -> Path:
     """Where the checkpoint of this exact configuration lives in the cache (without suffix)."""
     if not isinstance(source, str):  # ["synth"] and "synth" are the same source
         source = source[0] if len(source) == 1 else list(source)
     config = dict(method=method, params=_jsonable_params(params), source=source,
                   categories=sorted(categories) if categories is not None else None,
                   backbone=backbone_key, version=TRAINING_VERSION)
+    for name, value in (("defects", defects), ("normal_splits", normal_splits)):
+        if value is not None:       # absent from the keys of sources without the filter
+            config[name] = sorted(value)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(root or default_cache_dir()) / "checkpoints" / f"{method}-{digest}"
 
 
 def train_or_load(method: str, source: str | Sequence[str], categories: Sequence[str] | None = None,
-                  params: dict | None = None, progress: bool = True, out: str | Path | None = None):
+                  params: dict | None = None, progress: bool = True, out: str | Path | None = None,
+                  defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None):
     """Fit ``method`` on the source, or load the checkpoint of the same configuration from the cache.
 
     Returns ``(fitted method, checkpoint path)``. ``out`` additionally copies the checkpoint there.
+    ``defects`` / ``normal_splits`` restrict the source (see :func:`load_source`).
     """
     from gadlib.methods import create_method
     from gadlib.methods.base import Method
@@ -225,11 +239,12 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
     params = dict(params or {})
     model = create_method(method, **params, progress=progress)
     key = model.feature_cache().backbone.key()
-    path = checkpoint_path(method, model.get_params(), source, categories, key)
+    path = checkpoint_path(method, model.get_params(), source, categories, key, defects=defects,
+                           normal_splits=normal_splits)
     if path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file():
         model = Method.load(path, progress=progress)
     else:
-        model.fit(load_source(source, categories))
+        model.fit(load_source(source, categories, defects, normal_splits))
         model.save(path)
     if out is not None:
         model.save(out)

@@ -113,3 +113,44 @@ def position_vod(residuals: torch.Tensor, mode: str = "magnitude", groups: int =
     if groups < 1 or c % groups:
         raise ValueError(f"groups ({groups}) must divide the channel count ({c})")
     return torch.sort(magnitude.reshape(n, groups, c // groups), dim=-1, descending=True).values.reshape(n, c)
+
+
+# -- the readings on the shapes the methods use ------------------------------------------------------
+VOD_CHANNEL = ("none", "ranks", "gaussian")          # reading (A) as a method hyper-parameter
+VOD_POSITION = ("none",) + POSITION_MODES             # reading (B) as a method hyper-parameter
+VOD_GROUPS = 4                                        # channel groups of the "grouped" reading (B)
+
+
+def channel_vod_grid(features: torch.Tensor, values: str = "gaussian") -> torch.Tensor:
+    """Reading (A) on a feature grid ``(B, C, H, W)``: per image and channel, over its H*W positions.
+
+    ``values="none"`` returns ``features`` unchanged.
+    """
+    if values == "none":
+        return features
+    if features.ndim != 4:
+        raise ValueError(f"features must be (B, C, H, W), got {tuple(features.shape)}")
+    b, c, h, w = features.shape
+    return channel_vod(features.reshape(b, c, h * w), values).reshape(b, c, h, w)
+
+
+def position_vod_any(residuals: torch.Tensor, mode: str = "magnitude", channel_dim: int = -1,
+                     groups: int = VOD_GROUPS) -> torch.Tensor:
+    """Reading (B) on residuals of any shape, with the channels on ``channel_dim``.
+
+    ``mode="none"`` returns ``residuals`` unchanged. Magnitude and signed modes keep each position's
+    L2 norm, so a pure nearest-neighbour *distance* score cannot change under them.
+    """
+    if mode == "none":
+        return residuals
+    moved = residuals.movedim(channel_dim, -1)
+    flat = position_vod(moved.reshape(-1, moved.shape[-1]), mode, groups)
+    return flat.reshape(moved.shape).movedim(-1, channel_dim)
+
+
+def check_vod(channel: str, position: str, owner: str) -> None:
+    """``ValueError`` naming ``owner`` for an unknown reading (A) or (B) setting."""
+    if channel not in VOD_CHANNEL:
+        raise ValueError(f"{owner}: vod_channel must be one of {VOD_CHANNEL}, got '{channel}'")
+    if position not in VOD_POSITION:
+        raise ValueError(f"{owner}: vod_position must be one of {VOD_POSITION}, got '{position}'")

@@ -7,6 +7,7 @@ import torch
 
 from gadlib.cache import FeatureCache, shared_cache
 from gadlib.kernels.patches import align_levels, local_aggregate
+from gadlib.kernels.vod import channel_vod_grid, position_vod_any
 
 
 class BackboneFeatures:
@@ -19,8 +20,16 @@ class BackboneFeatures:
                             self.cache_dir, self.device, self.progress)
 
     def aligned(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Backbone levels ``[(B, C_l, H_l, W_l)]`` -> aggregated, level-aligned ``(B, D, H, W)``."""
-        return align_levels([local_aggregate(level, self.neighbourhood) for level in levels], self.grid)
+        """Backbone levels ``[(B, C_l, H_l, W_l)]`` -> aggregated, level-aligned ``(B, D, H, W)``.
+
+        With a ``vod_channel`` hyper-parameter, VOD reading (A) is applied to the aligned grid.
+        """
+        grid = align_levels([local_aggregate(level, self.neighbourhood) for level in levels], self.grid)
+        return channel_vod_grid(grid, getattr(self, "vod_channel", "none"))
+
+    def vod_residual(self, residuals: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+        """VOD reading (B) on residuals (``vod_position`` hyper-parameter; none = unchanged)."""
+        return position_vod_any(residuals, getattr(self, "vod_position", "none"), channel_dim)
 
     def predict(self, queries: Sequence[str], references, with_pixel: bool = True):
         """Scores with all k normal references: :meth:`predict_shots` for that one k."""

@@ -32,6 +32,7 @@ from torch import nn
 
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate
+from gadlib.kernels.vod import channel_vod_grid, check_vod
 from gadlib.kernels.residual import nearest_per_group
 from gadlib.kernels.scoring import upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
@@ -81,6 +82,10 @@ class InCTRL(BackboneFeatures, Method):
         focal_gamma: focal-loss focusing parameter.
         simulated_per_category: anomalies simulated on each source category's normal images.
         faithful_double_sigmoid, faithful_reshape: the public code's bugs, as named switches.
+        vod_channel: VOD reading (A) on each level's patch tokens (``"none"``, ``"ranks"``, ``"gaussian"``).
+            The image embedding stays the raw deepest-level mean: under (A) every channel's mean over
+            positions is the same constant. Reading (B) does not apply: InCTRL's patch residual is a
+            cosine distance, not a residual vector.
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
@@ -92,7 +97,7 @@ class InCTRL(BackboneFeatures, Method):
                  sigma: float = 4.0, epochs: int = 10, steps_per_epoch: int = 100, batch_size: int = 16,
                  train_shots: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4, focal_gamma: float = 2.0,
                  simulated_per_category: int = 30, faithful_double_sigmoid: bool = False,
-                 faithful_reshape: bool = False, seed: int = 0, query_batch: int = 32,
+                 faithful_reshape: bool = False, vod_channel: str = "none", seed: int = 0, query_batch: int = 32,
                  cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -113,6 +118,7 @@ class InCTRL(BackboneFeatures, Method):
         self.simulated_per_category = simulated_per_category
         self.faithful_double_sigmoid = faithful_double_sigmoid
         self.faithful_reshape = faithful_reshape
+        self.vod_channel = vod_channel
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -130,7 +136,8 @@ class InCTRL(BackboneFeatures, Method):
         side = min(level.shape[-1] for level in levels)
         tokens = []
         for level in levels:
-            pooled = F.adaptive_avg_pool2d(local_aggregate(level, self.neighbourhood), side)
+            pooled = F.adaptive_avg_pool2d(channel_vod_grid(local_aggregate(level, self.neighbourhood),
+                                                            self.vod_channel), side)
             b, c = pooled.shape[:2]
             if self.faithful_reshape:   # the public code's reshape: fine for one query, mixes queries otherwise
                 tokens.append(pooled.reshape(c, side * side, b).permute(2, 1, 0).reshape(b, side * side, c)
@@ -172,6 +179,7 @@ class InCTRL(BackboneFeatures, Method):
         """Train the heads on balanced source batches (see :meth:`SourcePool.episode`)."""
         from gadlib.training import SourcePool, fit_record, optimise
 
+        check_vod(self.vod_channel, "none", self.name)
         cache = self.feature_cache()
         pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
         tokens, embeddings = self._layers(pool.levels)
@@ -212,6 +220,7 @@ class InCTRL(BackboneFeatures, Method):
         """Scores for the first k normal references, every k in ``shots`` (references encoded once)."""
         if not hasattr(self, "heads_"):
             raise RuntimeError("inctrl is not fitted: call fit(source), `gad train --method inctrl`, or load a checkpoint")
+        check_vod(self.vod_channel, "none", self.name)
         shots = check_shots(references, shots)
         check_not_scored(queries, references)
         refs = list(references.normal[:shots[-1]])

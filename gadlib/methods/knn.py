@@ -15,6 +15,7 @@ from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import to_patches
 from gadlib.kernels.residual import nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
+from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, collect_scores, check_not_scored, check_shots
 
@@ -32,6 +33,9 @@ class KNNResidual(BackboneFeatures, Method):
         metric: ``"l2"`` or ``"cosine"``.
         sigma: Gaussian smoothing of the pixel map, in pixels.
         reduction: image score from the map, ``"max"`` or ``"top1%"``.
+        vod_channel: VOD reading (A) on the features before matching (``"none"``, ``"ranks"``,
+            ``"gaussian"``; :func:`gadlib.kernels.vod.channel_vod`). Reading (B) cannot change a distance
+            to the nearest normal patch (it keeps each residual's norm), so kNN has no ``vod_position``.
         query_batch: queries scored at once (bounds memory together with the kernel's chunks).
         backbone_weights: local weights file for backbones without packaged weights.
         cache_dir: feature cache folder (default ``$GADLIB_CACHE`` or ``~/.cache/gadlib``).
@@ -41,8 +45,8 @@ class KNNResidual(BackboneFeatures, Method):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
-                 metric: str = "l2", sigma: float = 4.0, reduction: str = "max", query_batch: int = 64,
-                 backbone_weights: str | None = None, cache_dir: str | None = None,
+                 metric: str = "l2", sigma: float = 4.0, reduction: str = "max", vod_channel: str = "none",
+                 query_batch: int = 64, backbone_weights: str | None = None, cache_dir: str | None = None,
                  device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -52,6 +56,7 @@ class KNNResidual(BackboneFeatures, Method):
         self.metric = metric
         self.sigma = sigma
         self.reduction = reduction
+        self.vod_channel = vod_channel
         self.query_batch = query_batch
         self.backbone_weights = backbone_weights
         self.cache_dir = cache_dir
@@ -67,6 +72,7 @@ class KNNResidual(BackboneFeatures, Method):
         """
         shots = check_shots(references, shots)
         check_not_scored(queries, references)
+        check_vod(self.vod_channel, "none", self.name)
         refs = list(references.normal[:shots[-1]])
         cache = self.feature_cache()
         cache.ensure(refs + list(queries))

@@ -39,6 +39,7 @@ from gadlib.kernels.position import sinusoidal_position_2d
 from gadlib.kernels.residual import nearest_in_first, nearest_neighbour, nearest_per_group
 from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
 from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
+from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
 from gadlib.modules.attention import ProxyAttention, stack_references
@@ -96,6 +97,8 @@ class NAGL(BackboneFeatures, Method):
         focal_gamma: focal-loss focusing parameter.
         simulated_per_category: anomalies simulated on each source category's normal images.
         faithful_mask_order, faithful_positions: the public code's bugs, as named switches.
+        vod_channel, vod_position: VOD reading (A) on the patch features (before the normal map and the
+            residuals) and reading (B) on the query and abnormal-reference residuals (see ``vod``).
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
@@ -109,7 +112,8 @@ class NAGL(BackboneFeatures, Method):
                  batch_size: int = 8, train_shots: int = 4, train_abnormal_shots: int = 2, lr: float = 1e-4,
                  weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, faithful_mask_order: bool = False,
-                 faithful_positions: bool = False, seed: int = 0, query_batch: int = 32,
+                 faithful_positions: bool = False, vod_channel: str = "none", vod_position: str = "none",
+                 seed: int = 0, query_batch: int = 32,
                  cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -136,6 +140,8 @@ class NAGL(BackboneFeatures, Method):
         self.simulated_per_category = simulated_per_category
         self.faithful_mask_order = faithful_mask_order
         self.faithful_positions = faithful_positions
+        self.vod_channel = vod_channel
+        self.vod_position = vod_position
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -148,6 +154,7 @@ class NAGL(BackboneFeatures, Method):
             raise ValueError(f"nagl: mode must be one of {MODES}, got '{self.mode}'")
         if self.center not in CENTERS:
             raise ValueError(f"nagl: center must be one of {CENTERS}, got '{self.center}'")
+        check_vod(self.vod_channel, self.vod_position, self.name)
         if self.train_abnormal_shots < 1 or self.train_shots < 1:
             raise ValueError("nagl: train_shots and train_abnormal_shots must be >= 1")
 
@@ -203,8 +210,8 @@ class NAGL(BackboneFeatures, Method):
         if self.mode == "normal_only":
             return 1 - normal_similarity
         b, n, d = features.shape
-        residual_q = features - bank[rows]
-        residual_a = [refs - bank[r] for refs, r in zip(abnormal, abnormal_rows)]
+        residual_q = self.vod_residual(features - bank[rows])
+        residual_a = [self.vod_residual(refs - bank[r]) for refs, r in zip(abnormal, abnormal_rows)]
         if self.mode in ("abnormal_knn", "untrained"):
             abnormal_similarity = self._abnormal_knn(residual_q, residual_a, cells)
             if self.mode == "abnormal_knn":
@@ -322,7 +329,7 @@ class NAGL(BackboneFeatures, Method):
         # The abnormal references are the same for every query: match and mine them once per k.
         abnormal_rows = {k: nearest_in_first(*found_a, k)[1].reshape(abnormal.shape[:2]) if found_a
                          else torch.zeros(0, cells_per_ref, dtype=torch.long, device=bank.device) for k in shots}
-        mined = {k: self._mine([abnormal], [abnormal - bank[abnormal_rows[k]]], [cells], side)
+        mined = {k: self._mine([abnormal], [self.vod_residual(abnormal - bank[abnormal_rows[k]])], [cells], side)
                  for k in shots} if self.mode == "full" else {}
         image_scores: dict[int, list] = {k: [] for k in shots}
         pixel_maps: dict[int, list] = {k: [] for k in shots}

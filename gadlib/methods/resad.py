@@ -30,6 +30,7 @@ from torch import nn
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate, to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
+from gadlib.kernels.vod import channel_vod_grid, check_vod
 from gadlib.kernels.residual import METRICS, nearest_in_first, nearest_neighbour, nearest_per_group, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
@@ -64,6 +65,9 @@ class ResAD(BackboneFeatures, Method):
             cells touched by a mask but below it are left out of the losses.
         simulated_per_category: anomalies simulated on each source category's normal images.
         max_flow_positions: positions per level per step fed to the flow (bounds CPU cost).
+        vod_channel: VOD reading (A) on every level's features before matching (``"none"``, ``"ranks"``,
+            ``"gaussian"``); vod_position: reading (B) on the residuals before the constraintor
+            (``"none"``, ``"magnitude"``, ``"signed"``, ``"grouped"``). See ``gadlib.kernels.vod``.
         seed: initialisation, episodes and simulation.
         query_batch, cache_dir, device, progress: as ``knn``.
     """
@@ -79,7 +83,8 @@ class ResAD(BackboneFeatures, Method):
                  reduction: str = "max", epochs: int = 10, steps_per_epoch: int = 50, batch_size: int = 16,
                  train_shots: int = 4, lr: float = 5e-4, weight_decay: float = 5e-4,
                  anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
-                 simulated_per_category: int = 30, max_flow_positions: int = 4096, seed: int = 0,
+                 simulated_per_category: int = 30, max_flow_positions: int = 4096, vod_channel: str = "none",
+                 vod_position: str = "none", seed: int = 0,
                  query_batch: int = 32, cache_dir: str | None = None, device: str | None = None,
                  progress: bool = True):
         self.backbone = backbone
@@ -110,6 +115,8 @@ class ResAD(BackboneFeatures, Method):
         self.abnormal_threshold = abnormal_threshold
         self.simulated_per_category = simulated_per_category
         self.max_flow_positions = max_flow_positions
+        self.vod_channel = vod_channel
+        self.vod_position = vod_position
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -123,10 +130,12 @@ class ResAD(BackboneFeatures, Method):
                                    ("normalization", self.normalization, NORMALIZATIONS)]:
             if value not in valid:
                 raise ValueError(f"resad: {name} must be one of {valid}, got '{value}'")
+        check_vod(self.vod_channel, self.vod_position, self.name)
 
     def _features(self, paths: Sequence[str]) -> list[torch.Tensor]:
         cache = self.feature_cache()
-        return [local_aggregate(level, self.neighbourhood).to(cache.device) for level in cache.get(paths)]
+        return [channel_vod_grid(local_aggregate(level, self.neighbourhood), self.vod_channel).to(cache.device)
+                for level in cache.get(paths)]
 
     def _build(self, channels: Sequence[int]) -> None:
         torch.manual_seed(self.seed)
@@ -155,7 +164,7 @@ class ResAD(BackboneFeatures, Method):
         if self.residual == "none":
             return queries
         b, c, h, w = queries.shape
-        res = residual(to_patches(queries), bank, rows, self.residual)
+        res = self.vod_residual(residual(to_patches(queries), bank, rows, self.residual))
         return res.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
     def _episode_residual(self, features: torch.Tensor, episode) -> torch.Tensor:
@@ -180,7 +189,8 @@ class ResAD(BackboneFeatures, Method):
         self._check_params()
         cache = self.feature_cache()
         pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
-        levels = [local_aggregate(level, self.neighbourhood) for level in pool.levels]
+        levels = [channel_vod_grid(local_aggregate(level, self.neighbourhood), self.vod_channel)
+                  for level in pool.levels]
         self._build([level.shape[1] for level in levels])
         params = list(self.constraintors_.parameters()) + list(self.flows_.parameters())
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
