@@ -105,7 +105,7 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
         # Sources come from the pool by their own stream, so the simulated references are the same for every k.
         order = episode_rng(seed + 3_000_017, target).permutation(len(pool))
         sources = [pool[order[i % len(pool)]] for i in range(abnormal_shots)]
-        abnormal_refs, abnormal_masks = _simulate_refs(sources, seed, target, Path(simulated_dir))
+        abnormal_refs, abnormal_masks = simulate_references(sources, seed, target, Path(simulated_dir))
     notes = {"simulated_from": sources} if abnormal_shots and abnormal_source == "simulated" else {}
     used = set(normal_refs) | set(abnormal_refs)
     queries = [p for p in test["image_path"] if p not in used]
@@ -116,7 +116,7 @@ def sample_episode(frame: pd.DataFrame, category: str, shots: int, seed: int, ab
                    notes=notes)
 
 
-def _simulate_refs(sources: list[str], seed: int, target: str, out_dir: Path) -> tuple[list[str], list[str]]:
+def simulate_references(sources: list[str], seed: int, target: str, out_dir: Path) -> tuple[list[str], list[str]]:
     """One cut-and-paste anomaly on each source image, saved as PNG image + mask."""
     from PIL import Image
 
