@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 from sklearn.metrics import roc_curve
 
@@ -29,6 +30,8 @@ __all__ = [
     "metric_vs_shots",
     "roc_curves",
     "save_figure",
+    "table_heatmap",
+    "embedding_grid",
 ]
 
 HEAT_CMAP = "jet"
@@ -252,6 +255,67 @@ def metric_vs_shots(
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     axes[-1].legend(list(handles.values()), list(handles), fontsize=8)
+    return fig
+
+
+def table_heatmap(table: pd.DataFrame, title: str = "", center: float | None = None, digits: int = 1) -> Figure:
+    """A numeric table (index = rows, columns = columns) as an annotated heat map.
+
+    ``center`` gives a diverging colour map around that value (e.g. 0 for gains); missing cells stay
+    blank. The annotations are the table's values, rounded to ``digits``.
+    """
+    values = table.apply(pd.to_numeric, errors="coerce")
+    if values.empty or values.isna().all().all():
+        raise ValueError("table_heatmap: the table has no numeric values to draw")
+    labels = [" / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in values.index]
+    fig = Figure(figsize=(1.0 + 0.9 * values.shape[1], 1.2 + 0.42 * values.shape[0]), layout="constrained")
+    ax = fig.subplots()
+    limit = np.nanmax(np.abs(values.to_numpy(dtype=float) - (center or 0.0)))
+    sns.heatmap(values.set_axis(labels), ax=ax, annot=True, fmt=f".{digits}f", cbar=True,
+                cmap="RdBu_r" if center is not None else "viridis", center=center,
+                vmin=None if center is None else center - limit, vmax=None if center is None else center + limit,
+                annot_kws={"fontsize": 8})
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    return fig
+
+
+def embedding_grid(coords: Mapping[str, np.ndarray], points: pd.DataFrame, colour_by: Sequence[str],
+                   title: str = "", max_legend: int = 20) -> Figure:
+    """2-D embeddings of several spaces (rows) coloured by several columns of ``points`` (columns).
+
+    ``coords[space]`` is ``(P, 2)`` with one row per row of ``points``. Abnormal points (``status`` column,
+    if present) are drawn on top, as crosses.
+    """
+    _require_columns(points, list(colour_by), "embedding_grid")
+    for space, xy in coords.items():
+        if xy.shape != (len(points), 2):
+            raise ValueError(f"embedding_grid: {space} has shape {xy.shape}, expected ({len(points)}, 2)")
+    fig = Figure(figsize=(3.6 * len(colour_by), 3.2 * len(coords)), layout="constrained")
+    axes = fig.subplots(len(coords), len(colour_by), squeeze=False)
+    abnormal = (points["status"] == "abnormal").to_numpy() if "status" in points.columns else np.zeros(len(points), bool)
+    for r, (space, xy) in enumerate(coords.items()):
+        for c, column in enumerate(colour_by):
+            ax = axes[r, c]
+            values = points[column].astype(str).to_numpy()
+            show_legend = r == 0 and len(set(values)) <= max_legend
+            palette = sns.color_palette("tab10" if len(set(values)) <= 10 else "tab20", len(set(values)))
+            for layer, marker, size in ((~abnormal, "o", 6), (abnormal, "x", 14)):
+                if layer.any():
+                    sns.scatterplot(x=xy[layer, 0], y=xy[layer, 1], hue=values[layer], hue_order=sorted(set(values)),
+                                    marker=marker, s=size, linewidth=0.6 if marker == "x" else 0, alpha=0.7, ax=ax,
+                                    legend=False, palette=palette)
+            if show_legend:
+                handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=name)
+                           for name, colour in zip(sorted(set(values)), palette)]
+                ax.legend(handles=handles, title=column, fontsize=7, title_fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{space} — by {column}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

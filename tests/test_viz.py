@@ -247,3 +247,23 @@ def test_compare_maps_rows_per_method_with_own_scale() -> None:
     assert axes[2, 1].images[1].get_clim() == (5.0, 9.0)
     with pytest.raises(ValueError, match="'ResAD' has 1 maps for 2 images"):
         viz.compare_maps(images, {"ResAD": [np.zeros((8, 8))]})
+
+
+def test_embedding_grid_and_table_heatmap():
+    from gadlib.viz import embedding_grid, table_heatmap
+
+    points = pd.DataFrame(dict(category=list("abcabc"), status=["normal"] * 4 + ["abnormal"] * 2))
+    coords = {"one": np.arange(12.0).reshape(6, 2), "two": -np.arange(12.0).reshape(6, 2)}
+    fig = embedding_grid(coords, points, ["category", "status"])
+    axes = fig.get_axes()
+    assert len(axes) == 4 and axes[0].get_title() == "one — by category"
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b", "c"]
+    assert axes[2].get_legend() is None                      # legends on the first row only
+    with pytest.raises(ValueError, match=r"expected \(6, 2\)"):
+        embedding_grid({"bad": np.zeros((5, 2))}, points, ["category"])
+    table = pd.DataFrame({"x": [1.0, -2.0], "y": [0.5, np.nan]}, index=["r1", "r2"])
+    heat = table_heatmap(table, "gains", center=0)
+    texts = sorted(t.get_text() for t in heat.get_axes()[0].texts)
+    assert texts == ["-2.0", "0.5", "1.0"]                   # the missing cell stays blank
+    with pytest.raises(ValueError, match="no numeric values"):
+        table_heatmap(pd.DataFrame({"x": ["a"]}))
