@@ -227,3 +227,47 @@ def test_source_restricted_to_defect_types_and_train_normals(tiny_suite):
     assert set(source.loc[source["label"] == 0, "split"]) == {"train"}
     with pytest.raises(ValueError, match="not in this table"):
         load_source(f"synth:{root}", ["tile"], defects=["dent"])
+
+
+# -- the residual-space explorer -------------------------------------------------------------------
+
+def test_separability_known_answers_and_grouping():
+    from gadlib.explore import separability, transfer_auroc
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 10)
+    y = np.repeat(np.arange(40) % 2, 10)
+    noise = rng.normal(size=(400, 6))
+    assert abs(separability(noise, y, groups) - 0.5) < 0.15
+    shifted = noise.copy()
+    shifted[:, 0] += 4 * y
+    assert separability(shifted, y, groups) > 0.95 and separability(shifted, y, groups, metric="auroc") > 0.99
+    # Features that only identify the image: with folds by image they cannot carry a label over.
+    identity = np.eye(40)[groups] + 0.01 * rng.normal(size=(400, 40))
+    assert separability(identity, y, groups) < 0.7
+    assert np.isnan(separability(noise, np.zeros(400), groups))
+    with pytest.raises(ValueError, match="differ in length"):
+        separability(noise, y[:10], groups)
+    train = np.arange(400) < 200
+    assert transfer_auroc(shifted, y, train) > 0.99 and np.isnan(transfer_auroc(shifted, y, np.arange(400) < 400))
+
+
+def test_patch_spaces_know_what_each_space_is(gap_suite):
+    from gadlib.explore import SPACES, alignment_table, patch_spaces
+
+    frames = {"one": gap_suite[gap_suite["category"] != "leather"], "two": gap_suite[gap_suite["category"] == "leather"]}
+    sample = patch_spaces(frames, create_method("knn", image_size=96, progress=False), shots=2, per_group=3,
+                          normal_cells=5, seed=1)
+    p = sample.patches
+    assert list(sample.spaces) == list(SPACES) and all(len(x) == len(p) for x in sample.spaces.values())
+    assert (p.loc[p["kind"] == "normal"].groupby("image").size() == 5).all()
+    assert set(p["kind"]) == {"normal", "real", "synthetic"}
+    b = sample.spaces["residual, VOD (B)"]
+    assert (b >= 0).all() and (np.diff(b, axis=1) <= 1e-6).all()          # sorted magnitudes
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), np.linalg.norm(sample.spaces["residual"], axis=1), rtol=1e-4)
+    table = alignment_table(sample)
+    assert table["space"].tolist() == list(SPACES)
+    assert {"category, normal", "dataset, abnormal", "real vs synthetic, abnormal", "normal vs abnormal",
+            "synthetic -> real", "one -> rest", "two -> rest"} <= set(table.columns)
+    with pytest.raises(ValueError, match="vod_channel='none'"):
+        patch_spaces(frames, create_method("knn", image_size=96, vod_channel="gaussian", progress=False))

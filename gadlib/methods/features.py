@@ -48,6 +48,17 @@ class BackboneFeatures:
         return self.aligned(cache.get(paths)).to(cache.device)
 
 
+def abnormal_cells(coverage: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(m, N)`` mask coverage of m abnormal references -> the cells that hold their anomaly.
+
+    Cells covered at least ``threshold``; a defect smaller than that everywhere keeps its most covered
+    cells; a reference without any mask (image label only) counts everywhere.
+    """
+    most = coverage.amax(dim=1, keepdim=True)
+    inside = coverage >= torch.clamp(most, max=threshold)
+    return torch.where(most > 0, inside & (coverage > 0), torch.ones_like(inside))
+
+
 def check_shots(references, shots: Sequence[int]) -> list[int]:
     """Sorted distinct ``shots``; ``ValueError`` unless ``1 <= k <= len(references.normal)``."""
     shots = sorted(set(int(k) for k in shots))

@@ -41,7 +41,8 @@ from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
 from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
+from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_not_scored,
+                                    check_shots, collect_scores)
 from gadlib.modules.attention import ProxyAttention, stack_references
 from gadlib.modules.losses import dice_loss, focal_loss
 
@@ -189,9 +190,7 @@ class NAGL(BackboneFeatures, Method):
         Cells covered at least ``abnormal_threshold``; a defect smaller than that everywhere keeps
         its most covered cells; a reference without any mask (image label only) is attended everywhere.
         """
-        most = coverage.amax(dim=1, keepdim=True)
-        inside = coverage >= torch.clamp(most, max=self.abnormal_threshold)
-        return torch.where(most > 0, inside & (coverage > 0), torch.ones_like(inside))
+        return abnormal_cells(coverage, self.abnormal_threshold)
 
     def _maps(self, features: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, distance: torch.Tensor,
               abnormal: list[torch.Tensor], abnormal_rows: list[torch.Tensor], cells: list[torch.Tensor],
