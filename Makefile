@@ -22,12 +22,18 @@ study: $(STAMP)
 	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)/quickstart
 	$(BIN)/gad notebook notebooks/20_cross_domain.ipynb $(STUDY_OUT)/cross_domain
 	$(BIN)/gad notebook notebooks/25_normal_abnormal.ipynb $(STUDY_OUT)/normal_abnormal
+	$(BIN)/gad notebook notebooks/10_residual_space.ipynb $(STUDY_OUT)/residual_space
+	$(BIN)/gad notebook notebooks/30_three_gaps.ipynb $(STUDY_OUT)/three_gaps
 	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md README.md --marker nagl-ablation-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_published.md README.md --marker published-table
+	$(BIN)/gad embed $(STUDY_OUT)/residual_space/table_alignment.md README.md --marker alignment-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_summary.md README.md --marker three-gaps-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_gain.md README.md --marker vod-gain-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_references.md README.md --marker synthetic-references-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -177,3 +177,96 @@ def test_normal_abnormal_tables_come_from_the_tidy_rows(normal_abnormal):
     assert set(ablation["method"]) == {"normal map only", "NAGL (full)"}
     full = ablation[(ablation["method"] == "NAGL (full)") & (ablation["metric"] == "image_auroc")]
     assert len(full) and set(full["abnormal_shots"]) == {1}
+
+
+@pytest.fixture(scope="module")
+def three_gaps(tmp_path_factory):
+    """The three-gap notebook on a tiny suite: a category gap and a held-out defect type."""
+    from gadlib.data.synth import generate_suite
+
+    root = tmp_path_factory.mktemp("gaps_suite")
+    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
+                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
+    spec = f"synth:{root}"
+    small = dict(image_size=64, epochs=2, steps_per_epoch=3, simulated_per_category=4)
+    params = dict(
+        sources={"tiny": {"spec": spec, "categories": ["tile", "wood_grain"]},
+                 "tiny scratch": {"spec": spec, "categories": ["tile", "wood_grain"], "defects": ["scratch"]}},
+        settings=[{"gap": "category", "target": "leather", "source": "tiny", "dataset": spec, "categories": ["leather"]},
+                  {"gap": "defect type", "target": "leather: hole held out", "source": "tiny scratch", "dataset": spec,
+                   "categories": ["leather"], "defects": ["hole"]}],
+        variants={"kNN": ["knn", {"image_size": 64}], "kNN + A": ["knn", {"image_size": 64, "vod_channel": "gaussian"}],
+                  "NAGL": ["nagl", small], "NAGL + B": ["nagl", dict(small, vod_position="magnitude")],
+                  "VOD: no decomposition": ["vod", dict(small, vod_channel="none", vod_position="none")],
+                  "VOD: A + B": ["vod", small]},
+        main_source_only=[], reference_table_variants=["VOD: A + B"], reference_table_targets=["leather"],
+        shots=[1, 2], seeds=[0, 1, 2], max_per_group=None, progress=False)
+    out = tmp_path_factory.mktemp("gaps") / "three_gaps"
+    run_notebook(NOTEBOOK_DIR / "30_three_gaps.ipynb", out, params)
+    return out
+
+
+def test_three_gaps_writes_tables_figures_and_records(three_gaps):
+    names = {p.name for p in three_gaps.iterdir()}
+    assert {"tidy.csv", "table_summary.md", "table_summary.csv", "table_gain.md", "gain_heatmap.png",
+            "table_references.md", "auroc_vs_shots_category.png", "auroc_vs_shots_defect_type.png",
+            "training.csv", "episodes", "parameters.json", "environment.json", "30_three_gaps.ipynb"} <= names
+    assert not _errors(three_gaps / "30_three_gaps.ipynb")
+    # Every variant of a setting saw the same episodes: one file per setting.
+    assert len(list((three_gaps / "episodes").glob("*.jsonl"))) == 2
+    training = pd.read_csv(three_gaps / "training.csv")
+    assert set(training["source"]) == {"tiny", "tiny scratch"} and "kNN" not in set(training["variant"])
+
+
+def test_three_gaps_tables_come_from_the_tidy_rows(three_gaps):
+    tidy = pd.read_csv(three_gaps / "tidy.csv")
+    assert set(tidy["method"]) == {"kNN", "kNN + A", "NAGL", "NAGL + B", "VOD: no decomposition", "VOD: A + B"}
+    held_out = tidy[tidy["target"] == "leather: hole held out"]
+    assert set(held_out["abnormal_shots"]) == {1}
+    table = pd.read_csv(three_gaps / "table_summary.csv", keep_default_na=False)
+    expected = summary_table(tidy[tidy["shots"] == 2].assign(category="all"), "image_auroc",
+                             rows=("gap", "target"), columns="method")
+    assert table["kNN + A"].tolist() == expected["method=kNN + A"].tolist()
+    gain = pd.read_csv(three_gaps / "gain_tidy.csv")
+    assert set(gain["base"]) == {"kNN", "NAGL", "VOD: no decomposition"}
+    auroc = tidy[tidy["metric"] == "image_auroc"].set_index(["target", "method", "shots", "seed"])["value"]
+    row = gain[(gain["variant"] == "kNN + A")].iloc[0]
+    key = (row["target"], row["shots"], row["seed"])
+    expected_gain = 100 * (auroc[key[0], "kNN + A", key[1], key[2]] - auroc[key[0], "kNN", key[1], key[2]])
+    assert row["gain"] == pytest.approx(expected_gain)
+
+
+@pytest.fixture(scope="module")
+def residual_space(tmp_path_factory):
+    """The residual-space explorer on two tiny suites standing for two domains."""
+    from gadlib.data.synth import generate_suite
+
+    specs = []
+    for name, categories in (("one", ["tile", "leather"]), ("two", ["wood_grain"])):
+        root = tmp_path_factory.mktemp(name)
+        generate_suite(root, categories=categories, defects=["scratch", "hole"], n_train=5, n_test_normal=4,
+                       n_test_per_defect=3, size=64, seed=2)
+        specs.append(f"synth:{root}")
+    params = dict(datasets=specs, shots=2, per_group=4, normal_cells=6, embeddings=["pca", "tsne"],
+                  max_points=300, progress=False)
+    out = tmp_path_factory.mktemp("explorer") / "residual_space"
+    run_notebook(NOTEBOOK_DIR / "10_residual_space.ipynb", out, params)
+    return out, specs
+
+
+def test_residual_space_writes_its_table_and_figures(residual_space):
+    out, specs = residual_space
+    names = {p.name for p in out.iterdir()}
+    assert {"table_alignment.md", "table_alignment.csv", "alignment_heatmap.png", "embedding_pca.png",
+            "embedding_tsne.png", "patch_counts.csv", "parameters.json", "10_residual_space.ipynb"} <= names
+    assert not _errors(out / "10_residual_space.ipynb")
+    table = pd.read_csv(out / "table_alignment.csv")
+    assert table["space"].tolist() == ["features", "residual", "residual, VOD (A)", "residual, VOD (B)",
+                                       "residual, VOD (A+B)"]
+    auroc = table[["normal vs abnormal", "synthetic -> real"]].to_numpy()
+    assert ((auroc >= 0) & (auroc <= 1)).all()
+    counts = pd.read_csv(out / "patch_counts.csv", index_col=0)
+    assert set(counts.index) == {"synth", specs[1]}            # a second suite named "synth" is keyed by its spec
+    assert {"normal", "real", "synthetic"} <= set(counts.columns)
+    # 3 categories x 4 normal test images x 6 sampled cells.
+    assert counts["normal"].sum() == 3 * 4 * 6
