@@ -128,16 +128,20 @@ def test_cross_domain_tables_come_from_the_tidy_rows(cross_domain):
     assert (main == default).all()
 
 
+def _guided_suite(tmp_path_factory, name: str) -> tuple[str, dict]:
+    """Source categories (tile, wood_grain) and a target (leather), 64 px; and small training parameters."""
+    from gadlib.data.synth import generate_suite
+
+    root = tmp_path_factory.mktemp(name)
+    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
+                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
+    return f"synth:{root}", dict(image_size=64, epochs=2, steps_per_epoch=3, simulated_per_category=4)
+
+
 @pytest.fixture(scope="module")
 def normal_abnormal(tmp_path_factory):
     """The normal-and-abnormal notebook on a tiny suite: kNN, InCTRL-vision and NAGL, m = 0 and 1."""
-    from gadlib.data.synth import generate_suite
-
-    root = tmp_path_factory.mktemp("guided_suite")
-    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
-                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
-    spec = f"synth:{root}"
-    small = dict(image_size=64, epochs=2, steps_per_epoch=3, simulated_per_category=4)
+    spec, small = _guided_suite(tmp_path_factory, "guided_suite")
     params = dict(source=spec, source_categories=["tile", "wood_grain"], targets={spec: ["leather"]},
                   methods=["knn", "inctrl", "nagl"], method_params={"knn": {"image_size": 64}, "inctrl": small,
                                                                    "nagl": small},
@@ -182,13 +186,7 @@ def test_normal_abnormal_tables_come_from_the_tidy_rows(normal_abnormal):
 @pytest.fixture(scope="module")
 def three_gaps(tmp_path_factory):
     """The three-gap notebook on a tiny suite: a category gap and a held-out defect type."""
-    from gadlib.data.synth import generate_suite
-
-    root = tmp_path_factory.mktemp("gaps_suite")
-    generate_suite(root, categories=["tile", "wood_grain", "leather"], defects=["scratch", "hole"], n_train=6,
-                   n_test_normal=4, n_test_per_defect=3, size=64, seed=5)
-    spec = f"synth:{root}"
-    small = dict(image_size=64, epochs=2, steps_per_epoch=3, simulated_per_category=4)
+    spec, small = _guided_suite(tmp_path_factory, "gaps_suite")
     params = dict(
         sources={"tiny": {"spec": spec, "categories": ["tile", "wood_grain"]},
                  "tiny scratch": {"spec": spec, "categories": ["tile", "wood_grain"], "defects": ["scratch"]}},
