@@ -94,6 +94,11 @@ class FeatureCache:
         for batch in loader:
             levels = self.backbone(batch["image"].to(self.device))
             for i, index in enumerate(batch["index"].tolist()):
+                if not all(torch.isfinite(level[i]).all() for level in levels):
+                    bar.close()   # nothing of this image is stored; earlier images' entries are complete
+                    raise ValueError(f"{paths[index]}: the backbone gave NaN or infinite features for this image; "
+                                     "check the backbone weights file (--backbone-weights) and the image, then "
+                                     "run again (nothing was cached for it)")
                 tensors = {f"level{j}": level[i].to(self.dtype).cpu().contiguous() for j, level in enumerate(levels)}
                 atomic_save_file(tensors, self._entry(digests[index]))
             bar.update(len(batch["index"]))

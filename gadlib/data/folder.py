@@ -66,10 +66,21 @@ def is_image(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Images directly inside ``folder``, sorted by name; ``[]`` if the folder does not exist."""
+    """Images directly inside ``folder``, sorted by name; ``[]`` if the folder does not exist.
+
+    Two images with the same name but for the suffix (``000.png`` and ``000.PNG``/``000.jpg``) are an
+    error: their masks would be matched by name, ambiguously.
+    """
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if is_image(p)), key=lambda p: p.name)
+    images = sorted((p for p in folder.iterdir() if is_image(p)), key=lambda p: p.name)
+    seen: dict[str, Path] = {}
+    for image in images:
+        other = seen.setdefault(image.stem.lower(), image)
+        if other is not image:
+            raise ValueError(f"{folder}: '{other.name}' and '{image.name}' have the same name; masks and "
+                             "references are matched by name, so keep one of them (or rename the other)")
+    return images
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -38,6 +38,11 @@ def _decode(path: Path, mode: str, what: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                # 16-bit (or 32-bit integer) grey: PIL's convert would clip everything above 255 to white.
+                wide = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or wide.max() <= 65535 else wide.max()
+                img = Image.fromarray(np.clip(np.round(wide / top * 255.0), 0, 255).astype(np.uint8), "L")
             return img.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot decode {what} ({err}); replace or remove the corrupt file") from err
