@@ -1,0 +1,126 @@
+"""A study grid: cells are independent, written atomically, resumable after a kill, and run the same
+sequentially, on a process pool and on a Dask cluster (issue 6, scale)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from gadlib.grid import Cell, cell_file, collect, make_grid, pending, run_cell, run_grid
+
+KEYS = ["dataset", "category", "domain", "method", "shots", "seed", "metric"]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    from gadlib.data.synth import generate_suite
+
+    root = tmp_path_factory.mktemp("grid_suite")
+    generate_suite(root, categories=["tile", "leather"], defects=["hole", "scratch"], n_train=5, n_test_normal=3,
+                   n_test_per_defect=2, size=48, seed=6)
+    return f"synth:{root}"
+
+
+def _cells(spec, seeds=(0, 1, 2)):
+    return make_grid({"kNN": ("knn", {"image_size": 48}), "kNN cosine": ("knn", {"image_size": 48, "metric": "cosine"})},
+                     {spec: None}, seeds=seeds, shots=[1, 2])
+
+
+def _sorted(tidy: pd.DataFrame) -> pd.DataFrame:
+    return tidy.drop(columns=["cell"], errors="ignore").sort_values(KEYS).reset_index(drop=True)
+
+
+def test_grid_rows_equal_one_run_and_a_rerun_skips_everything(spec, tmp_path):
+    from gadlib.study import run_evaluation
+
+    cells = _cells(spec)
+    assert len(cells) == 6 and len({c.key() for c in cells}) == 6
+    tidy = run_grid(cells, tmp_path / "study", progress=False)
+    whole = run_evaluation(spec, "knn", [1, 2], [0, 1, 2], method_params={"image_size": 48}, progress=False).tidy
+    assert _sorted(tidy[tidy["method"] == "kNN"]).equals(_sorted(whole.assign(method="kNN")))
+    assert pending(cells, tmp_path / "study") == []
+    stamps = {c.key(): cell_file(tmp_path / "study", c).stat().st_mtime_ns for c in cells}
+    again = run_grid(cells, tmp_path / "study", progress=False)
+    assert again.equals(tidy)
+    assert stamps == {c.key(): cell_file(tmp_path / "study", c).stat().st_mtime_ns for c in cells}   # untouched
+    # The label is not part of the configuration; the hyper-parameters are.
+    relabelled = Cell(**{**cells[0].__dict__, "label": "other"})
+    assert relabelled.key() == cells[0].key() and cells[0].key() != cells[3].key()
+    with pytest.raises(ValueError, match="same cell twice"):
+        run_grid(cells + cells[:1], tmp_path / "twice", progress=False)
+
+
+def test_a_killed_study_loses_at_most_the_cell_in_flight(spec, tmp_path):
+    out = tmp_path / "killed"
+    script = tmp_path / "study.py"
+    script.write_text(f'''
+import time
+from gadlib import grid
+from gadlib.grid import make_grid, run_grid
+original = grid.run_cell
+def slow(cell, out):                       # a slow study: time to kill it in the middle
+    path = original(cell, out)
+    time.sleep(1.5)
+    return path
+grid.run_cell = slow
+cells = make_grid({{"kNN": ("knn", {{"image_size": 48}}), "kNN cosine": ("knn", {{"image_size": 48, "metric": "cosine"}})}},
+                  {{{spec!r}: None}}, seeds=(0, 1, 2), shots=[1, 2])
+run_grid(cells, {str(out)!r}, progress=False)
+''')
+    process = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    cells = _cells(spec)
+    deadline = time.time() + 240
+    while len(cells) - len(pending(cells, out)) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = [c for c in cells if c not in pending(cells, out)]
+    assert 2 <= len(done) < len(cells), "the study should have been killed midway"
+    for cell in done:                                  # every file that exists is complete
+        rows = pd.read_csv(cell_file(out, cell))
+        assert len(rows) and set(rows["seed"]) == {cell.seed} and set(rows["shots"]) == {1, 2}
+    computed = []
+    import gadlib.grid as grid
+
+    original = grid.run_cell
+
+    def counting(cell, folder):
+        computed.append(cell.key())
+        return original(cell, folder)
+
+    grid.run_cell = counting
+    try:
+        tidy = run_grid(cells, out, progress=False)
+    finally:
+        grid.run_cell = original
+    assert sorted(computed) == sorted(c.key() for c in cells if c not in done)   # only what was missing
+    fresh = run_grid(cells, tmp_path / "fresh", progress=False)
+    assert _sorted(tidy).equals(_sorted(fresh))
+
+
+def test_process_pool_and_dask_give_the_same_rows(spec, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cells = _cells(spec, seeds=(0, 1))
+    sequential = _sorted(run_grid(cells, tmp_path / "one", progress=False))
+    pooled = _sorted(run_grid(cells, tmp_path / "pool", workers=2, progress=False))
+    assert pooled.equals(sequential)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        on_dask = _sorted(run_grid(cells, tmp_path / "dask", scheduler=client, progress=False))
+        by_address = _sorted(run_grid(cells[:1], tmp_path / "address", scheduler=cluster.scheduler_address,
+                                      progress=False))
+    assert on_dask.equals(sequential)
+    assert by_address.equals(_sorted(collect(cells[:1], tmp_path / "one")))
+
+
+def test_run_cell_writes_nothing_when_the_cell_fails(spec, tmp_path):
+    bad = Cell(method="knn", dataset=spec, seed=0, shots=(99,), params=(("image_size", 48),))
+    with pytest.raises(ValueError, match="k=99 normal references asked for"):
+        run_cell(bad, tmp_path)
+    assert not cell_file(tmp_path, bad).exists() and not list(tmp_path.rglob("*.tmp"))
