@@ -35,6 +35,10 @@ study: $(STAMP)
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_gain.md README.md --marker vod-gain-table
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_references.md README.md --marker synthetic-references-table
 
+bench: $(STAMP)
+	$(BIN)/gad bench --out results/bench
+	$(BIN)/gad embed results/bench/bench.md README.md --marker bench-table
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

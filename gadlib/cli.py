@@ -159,6 +159,30 @@ def notebook(
     typer.echo(f"wrote {executed}")
 
 
+@app.command()
+def bench(
+    methods: str = typer.Option(",".join(("knn", "resad", "inctrl", "nagl", "vod")), help="methods to time"),
+    shots: str = typer.Option("1,2,4,8,16,32", help="numbers of normal references k"),
+    dataset: str = typer.Option("textile", help="where the query and reference images come from"),
+    queries: int = typer.Option(32, help="query images per measurement"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CPU, and CUDA when present)"),
+    out: Path = typer.Option(Path("results/bench"), help="folder for bench.csv, bench.md, cost_vs_k.png"),
+    study: bool = typer.Option(False, help="also time the first notebook of `make study`, cold and warm cache"),
+):
+    """Time each method against the backbone alone as k grows (a benchmark, not a test)."""
+    from gadlib.bench import bench_table, run_bench, time_study
+    from gadlib.results import to_markdown
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if names:
+        table = run_bench(names, _ints(shots, "--shots"), dataset, queries, [device] if device else None, out=out)
+        typer.echo(to_markdown(bench_table(table)))
+        typer.echo(f"wrote {out}/bench.csv, bench.md, cost_vs_k.png")
+    if study:
+        typer.echo(to_markdown(time_study(out=out).round(1)))
+        typer.echo(f"wrote {out}/study_time.csv")
+
+
 @app.command("embed")
 def embed(
     table: Path = typer.Argument(..., help="a generated Markdown file, e.g. results/embedded/table_image_auroc.md"),

@@ -124,3 +124,19 @@ def test_run_cell_writes_nothing_when_the_cell_fails(spec, tmp_path):
     with pytest.raises(ValueError, match="k=99 normal references asked for"):
         run_cell(bad, tmp_path)
     assert not cell_file(tmp_path, bad).exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_bench_times_methods_against_the_backbone(spec, tmp_path):
+    from gadlib.bench import bench_images, run_bench
+
+    with pytest.raises(ValueError, match="the bench needs 40 normal pool"):
+        bench_images(spec, queries=2, references=40)
+    table = run_bench(["knn", "vod"], shots=[1, 2], dataset=spec, queries=3,
+                      method_params={"knn": {"image_size": 48}, "vod": {"image_size": 48}}, out=tmp_path / "bench",
+                      source=spec, source_categories=["tile"], progress=False)
+    assert len(table) == 4 and set(table["method"]) == {"knn", "vod"} and set(table["k"]) == {1, 2}
+    assert (table["backbone_s"] > 0).all() and (table["warm_s"] < table["method_s"]).all()
+    assert (table["ratio"] - table["method_s"] / table["backbone_s"]).abs().max() < 1e-12
+    assert (table["images_per_s"] * table["method_s"] - 3).abs().max() < 1e-9
+    assert {"bench.csv", "bench.md", "cost_vs_k.png"} <= {p.name for p in (tmp_path / "bench").iterdir()}
+    assert "ratio k=2" in (tmp_path / "bench" / "bench.md").read_text()

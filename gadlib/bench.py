@@ -1,0 +1,195 @@
+"""``gad bench``: what each method costs at inference, against the backbone alone, as k grows.
+
+For every method and k, on the same query images and the same first k references:
+
+* ``backbone_s``: the backbone alone -- decode, forward and cache the features of the queries and the
+  k references, from an empty feature cache;
+* ``method_s``: the method's whole ``predict_shots`` from another empty cache (the same decoding and
+  backbone work, plus matching and scoring);
+* ``warm_s``: the same prediction again, features cached (matching and scoring only);
+* ``ratio = method_s / backbone_s`` (1.0 = the method adds nothing to the backbone) and images per second;
+* peak memory: the process's peak resident set so far (CPU; it never goes down, so read it as "at most"),
+  and the peak CUDA allocation of this step on a GPU.
+
+Trained methods are fitted with a single training step on a small synthetic source first: inference
+cost does not depend on the learned weights, only on their shapes. Not a test: timings vary by machine.
+"""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+DEFAULT_METHODS = ("knn", "resad", "inctrl", "nagl", "vod")
+TINY_FIT = dict(epochs=1, steps_per_epoch=1, simulated_per_category=2)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0      # Linux: kilobytes
+
+
+def bench_images(dataset: str = "textile", queries: int = 32, references: int = 32, category: str | None = None):
+    """``queries`` test images and ``references`` normal pool images of one category (first in path order)."""
+    from gadlib.data.load import load_dataset
+
+    _, frame = load_dataset(dataset)
+    category = category or sorted(frame["category"].unique())[0]
+    rows = frame[frame["category"] == category]
+    pool = sorted(rows.loc[(rows["split"] == "train") & (rows["label"] == 0), "image_path"])
+    test = sorted(rows.loc[rows["split"] == "test", "image_path"])
+    if len(pool) < references or len(test) < queries:
+        raise ValueError(f"{dataset}/{category}: the bench needs {references} normal pool and {queries} test images, "
+                         f"found {len(pool)} and {len(test)}; choose another --dataset or fewer --shots/--queries")
+    return test[:queries], pool[:references]
+
+
+def _timed(function) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_method(name: str, queries: Sequence[str], references: Sequence[str], shots: Sequence[int],
+                 params: dict | None = None, device: str | None = None, source: str = "synth",
+                 source_categories: Sequence[str] = ("tile", "washer"), workdir: str | Path | None = None,
+                 progress: bool = False) -> pd.DataFrame:
+    """Rows of the module docstring for one method, every k in ``shots`` (ascending)."""
+    from gadlib.cache import FeatureCache
+    from gadlib.methods import References, create_method
+    from gadlib.training import load_source
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="gadlib-bench-"))
+    params = dict(params or {}, device=device, progress=progress)
+    method = create_method(name, **params, cache_dir=str(workdir / "fit"))
+    if name != "knn":
+        method = create_method(name, **{**params, **TINY_FIT}, cache_dir=str(workdir / "fit"))
+        method.fit(load_source(source, list(source_categories)))
+    rows = []
+    for k in sorted(set(int(k) for k in shots)):
+        if k > len(references):
+            raise ValueError(f"k={k} needs {k} references, the bench has {len(references)}")
+        refs = References(list(references[:k]))
+        images = list(queries) + list(refs.normal)
+        cold = FeatureCache(method.feature_cache().backbone, root=workdir / f"backbone_k{k}", device=device,
+                            progress=False)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        backbone_s = _timed(lambda: cold.ensure(images))
+        scoring = method.with_params(cache_dir=str(workdir / f"method_k{k}"))
+        scoring.feature_cache()                     # load the backbone outside the timing
+        method_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
+        warm_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
+        rows.append(dict(method=name, device=str(cold.device), k=k, queries=len(queries), backbone_s=backbone_s,
+                         method_s=method_s, warm_s=warm_s, ratio=method_s / backbone_s,
+                         images_per_s=len(queries) / method_s, peak_rss_mb=_peak_rss_mb(),
+                         cuda_peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None,
+                         threads=torch.get_num_threads()))
+    return pd.DataFrame(rows)
+
+
+def run_bench(methods: Sequence[str] = DEFAULT_METHODS, shots: Sequence[int] = (1, 2, 4, 8, 16, 32),
+              dataset: str = "textile", queries: int = 32, devices: Sequence[str] | None = None,
+              method_params: dict | None = None, out: str | Path | None = "results/bench",
+              source: str = "synth", source_categories: Sequence[str] = ("tile", "washer"),
+              progress: bool = True) -> pd.DataFrame:
+    """Bench every method on CPU (and CUDA when present); write ``bench.csv``, ``bench.md`` and a figure."""
+    from tqdm.auto import tqdm
+
+    devices = list(devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
+    query_paths, reference_paths = bench_images(dataset, queries, max(shots))
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="gadlib-bench-") as work:
+        for device in devices:
+            for name in tqdm(methods, desc=f"bench ({device})", unit="method", disable=not progress):
+                parts.append(bench_method(name, query_paths, reference_paths, shots,
+                                          (method_params or {}).get(name), device, source, source_categories,
+                                          workdir=Path(work) / device / name))
+    table = pd.concat(parts, ignore_index=True).assign(dataset=dataset)
+    if out is not None:
+        write_bench(table, Path(out))
+    return table
+
+
+def bench_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The printed summary: ratio to the backbone and warm scoring time, k across."""
+    wide = table.pivot_table(index=["device", "method"], columns="k", values="ratio").round(2)
+    wide.columns = [f"ratio k={k}" for k in wide.columns]
+    warm = table.pivot_table(index=["device", "method"], columns="k", values="warm_s")
+    fastest, slowest = warm.columns.min(), warm.columns.max()
+    wide[f"warm s k={fastest}"] = warm[fastest].round(3)
+    wide[f"warm s k={slowest}"] = warm[slowest].round(3)
+    wide["peak RSS MB"] = table.groupby(["device", "method"])["peak_rss_mb"].max().round(0)
+    return wide.reset_index()
+
+
+def write_bench(table: pd.DataFrame, out: Path) -> None:
+    from gadlib import viz
+    from gadlib.results import environment_info, to_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "bench.csv", index=False)
+    summary = bench_table(table)
+    queries = int(table["queries"].iloc[0])
+    note = (f"\nratio = whole prediction / backbone alone on the same {queries} queries + k references, both from an "
+            "empty feature cache; warm s = the prediction again with cached features (matching and scoring only); "
+            f"dataset {table['dataset'].iloc[0]}, {int(table['threads'].iloc[0])} torch threads.\n")
+    (out / "bench.md").write_text(to_markdown(summary) + note)
+    (out / "environment.json").write_text(pd.Series(environment_info()).to_json(indent=1))
+    viz.save_figure(cost_versus_k(table), out / "cost_vs_k.png")
+
+
+def cost_versus_k(table: pd.DataFrame):
+    """Two panels: ratio to the backbone and warm scoring seconds, against k (log2), one line per method."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for (device, name), rows in table.groupby(["device", "method"], sort=True):
+        rows = rows.sort_values("k")
+        label = name if table["device"].nunique() == 1 else f"{name} ({device})"
+        axes[0].plot(rows["k"], rows["ratio"], marker="o", label=label)
+        axes[1].plot(rows["k"], rows["warm_s"], marker="o", label=label)
+    axes[0].axhline(1.3, color="grey", linestyle="--", linewidth=0.8)
+    axes[0].set_ylabel("method / backbone time")
+    axes[1].set_ylabel("warm scoring time (s)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("normal references k")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    return fig
+
+
+def time_study(notebook: str | Path = "notebooks/00_quickstart.ipynb", out: str | Path | None = "results/bench",
+               parameters: dict | None = None) -> pd.DataFrame:
+    """Time to the first result of ``make study``: its first notebook, from an empty feature cache (cold) and
+    again with the cache it filled (warm). Runs in subprocesses with their own ``GADLIB_CACHE``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gadlib-study-") as work:
+        env = dict(os.environ, GADLIB_CACHE=str(Path(work) / "cache"))
+        for run in ("cold", "warm"):
+            command = [sys.executable, "-m", "gadlib.cli", "notebook", str(notebook), str(Path(work) / run)]
+            for key, value in (parameters or {}).items():
+                command += ["-p", f"{key}={json.dumps(value)}"]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env=env, capture_output=True)
+            rows.append(dict(notebook=Path(notebook).name, cache=run, seconds=time.perf_counter() - start))
+    table = pd.DataFrame(rows)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        table.to_csv(Path(out) / "study_time.csv", index=False)
+    return table
