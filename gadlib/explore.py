@@ -185,6 +185,12 @@ def alignment_table(sample: PatchSample, seed: int = 0) -> pd.DataFrame:
     p = sample.patches
     image = p["image"].to_numpy()
     status = (p["status"] == "abnormal").to_numpy().astype(int)
+    # Synthetic -> real: fit on the synthetic anomalies + the normal patches of every other image (by
+    # path), test on the real anomalies + the normal patches of the remaining images.
+    normal_half = _half(image)
+    kind = p["kind"].to_numpy()
+    fit = (kind == "synthetic") | ((kind == "normal") & normal_half)
+    test = (kind == "real") | ((kind == "normal") & ~normal_half)
     out = []
     for name, x in sample.spaces.items():
         row = {"space": name}
@@ -197,11 +203,6 @@ def alignment_table(sample: PatchSample, seed: int = 0) -> pd.DataFrame:
         row["real vs synthetic, abnormal"] = separability(x[abnormal], (p["kind"][abnormal] == "real").to_numpy(),
                                                            image[abnormal], seed=seed, metric="auroc")
         row["normal vs abnormal"] = separability(x, status, image, seed=seed, metric="auroc")
-        # Synthetic -> real: fit on normal + synthetic patches of half the images, test on the other
-        # normal images + the real anomalies (normal images split by a hash of their path).
-        normal_half = _half(image)
-        fit = ((p["kind"] == "synthetic").to_numpy() | ((p["kind"] == "normal").to_numpy() & normal_half))
-        test = ((p["kind"] == "real").to_numpy() | ((p["kind"] == "normal").to_numpy() & ~normal_half))
         row["synthetic -> real"] = transfer_auroc(x[fit | test], status[fit | test], fit[fit | test])
         for dataset in sorted(p["dataset"].unique()):
             row[f"{dataset} -> rest"] = transfer_auroc(x, status, (p["dataset"] == dataset).to_numpy())
