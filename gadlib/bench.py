@@ -69,9 +69,9 @@ def bench_method(name: str, queries: Sequence[str], references: Sequence[str], s
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="gadlib-bench-"))
     params = dict(params or {}, device=device, progress=progress)
-    method = create_method(name, **params, cache_dir=str(workdir / "fit"))
-    if name != "knn":
-        method = create_method(name, **{**params, **TINY_FIT}, cache_dir=str(workdir / "fit"))
+    trained = name != "knn"
+    method = create_method(name, **{**params, **(TINY_FIT if trained else {})}, cache_dir=str(workdir / "fit"))
+    if trained:
         method.fit(load_source(source, list(source_categories)))
     rows = []
     for k in sorted(set(int(k) for k in shots)):

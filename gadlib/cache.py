@@ -93,8 +93,9 @@ class FeatureCache:
                    disable=not self.progress, leave=False)
         for batch in loader:
             levels = self.backbone(batch["image"].to(self.device))
+            finite = torch.stack([torch.isfinite(level).flatten(1).all(1) for level in levels]).all(0).tolist()
             for i, index in enumerate(batch["index"].tolist()):
-                if not all(torch.isfinite(level[i]).all() for level in levels):
+                if not finite[i]:
                     bar.close()   # nothing of this image is stored; earlier images' entries are complete
                     raise ValueError(f"{paths[index]}: the backbone gave NaN or infinite features for this image; "
                                      "check the backbone weights file (--backbone-weights) and the image, then "

@@ -20,8 +20,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 SPACES = ("features", "residual", "residual, VOD (A)", "residual, VOD (B)", "residual, VOD (A+B)")
 
@@ -58,8 +56,8 @@ def patch_spaces(frames: dict[str, pd.DataFrame], method, shots: int = 4, per_gr
         (``normal`` / ``real`` / ``synthetic``), status (``normal`` / ``abnormal``).
     """
     from gadlib.cache import default_cache_dir
-    from gadlib.data.images import load_masks
     from gadlib.data.references import simulate_references
+    from gadlib.methods.features import mask_coverage
     from gadlib.kernels.patches import to_patches
     from gadlib.kernels.residual import nearest_neighbour
     from gadlib.kernels.vod import channel_vod_grid, position_vod_any
@@ -89,8 +87,7 @@ def patch_spaces(frames: dict[str, pd.DataFrame], method, shots: int = 4, per_gr
             raw_refs, raw = method.patch_features(refs), method.patch_features(paths)
             side = raw.shape[-2:]
             cells = side[0] * side[1]
-            coverage = F.adaptive_avg_pool2d(torch.from_numpy(load_masks(masks, paths, method.image_size)).float()[:, None],
-                                             side)[:, 0].flatten(1).numpy()
+            coverage = mask_coverage(masks, paths, method.image_size, side).numpy()
             keep = np.zeros((len(paths), cells), dtype=bool)
             for i, kind in enumerate(kinds):
                 if kind == "normal":

@@ -146,6 +146,12 @@ class SourcePool:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def cell_coverage(self, side: tuple[int, int]) -> torch.Tensor:
+        """``(I, H*W)``: the fraction of each cell of an ``H x W`` grid covered by each image's mask
+        (pooled from the finest level's fractions)."""
+        finest = max(self.abnormal_fraction, key=lambda fraction: fraction.shape[-1])
+        return F.adaptive_avg_pool2d(finest[:, None], tuple(side))[:, 0].flatten(1)
+
     def episode(self, rng: np.random.Generator, shots: int, batch_size: int,
                 anomaly_fraction: float = 0.5) -> "TrainingEpisode":
         """k normal references of a random category and ``batch_size`` queries of the same category.

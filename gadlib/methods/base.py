@@ -26,6 +26,10 @@ class References:
     abnormal: list[str] = field(default_factory=list)
     abnormal_masks: list[str | None] = field(default_factory=list)
 
+    def masks(self) -> list[str | None]:
+        """One mask path (or ``None``, image label only) per abnormal reference."""
+        return list(self.abnormal_masks) + [None] * (len(self.abnormal) - len(self.abnormal_masks))
+
     @classmethod
     def from_episode(cls, episode) -> "References":
         return cls(list(episode.normal_refs), list(episode.abnormal_refs), list(episode.abnormal_masks))

@@ -48,6 +48,15 @@ class BackboneFeatures:
         return self.aligned(cache.get(paths)).to(cache.device)
 
 
+def mask_coverage(masks: Sequence[str | None], paths: Sequence[str], image_size: int,
+                  side: tuple[int, int]) -> torch.Tensor:
+    """``(m, H*W)``: the fraction of each feature cell that each image's mask covers (no mask: 0)."""
+    from gadlib.data.images import load_masks
+
+    pixels = torch.from_numpy(load_masks(list(masks), list(paths), image_size)).float()
+    return torch.nn.functional.adaptive_avg_pool2d(pixels[:, None], side)[:, 0].flatten(1)
+
+
 def abnormal_cells(coverage: torch.Tensor, threshold: float) -> torch.Tensor:
     """``(m, N)`` mask coverage of m abnormal references -> the cells that hold their anomaly.
 

@@ -42,7 +42,7 @@ from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_not_scored,
-                                    check_shots, collect_scores)
+                                    check_shots, collect_scores, mask_coverage)
 from gadlib.modules.attention import ProxyAttention, stack_references
 from gadlib.modules.losses import dice_loss, focal_loss
 
@@ -254,8 +254,7 @@ class NAGL(BackboneFeatures, Method):
         self.feature_mean_ = (tokens[normal_images].mean(dim=(0, 1)) if self.center == "source"
                               else torch.zeros(tokens.shape[-1]))
         tokens = tokens - self.feature_mean_
-        finest = max(range(len(pool.abnormal_fraction)), key=lambda i: pool.abnormal_fraction[i].shape[-1])
-        coverage = F.adaptive_avg_pool2d(pool.abnormal_fraction[finest][:, None], side)[:, 0].flatten(1)
+        coverage = pool.cell_coverage(side)
         self._build(tokens.shape[-1])
         trained = self.mode == "full"
         optimizer = torch.optim.AdamW(self.network_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -349,17 +348,13 @@ class NAGL(BackboneFeatures, Method):
 
     def _abnormal_references(self, references: References, side: tuple[int, int], dim: int):
         """Abnormal-reference patches ``(m, N, D)`` and their attended cells ``(m, N)``."""
-        from gadlib.data.images import load_masks
-
         device = self.feature_cache().device
         if not references.abnormal:
             cells = side[0] * side[1]
             return (torch.zeros(0, cells, dim, device=device),
                     torch.zeros(0, cells, dtype=torch.bool, device=device))
         features = self.centred_features(references.abnormal).flatten(2).transpose(1, 2)
-        masks = list(references.abnormal_masks) + [None] * (len(references.abnormal) - len(references.abnormal_masks))
-        pixels = torch.from_numpy(load_masks(masks, references.abnormal, self.image_size)).float()
-        coverage = F.adaptive_avg_pool2d(pixels[:, None], side)[:, 0].flatten(1).to(device)
+        coverage = mask_coverage(references.masks(), references.abnormal, self.image_size, side).to(device)
         return features, self._abnormal_cells(coverage)
 
 

@@ -37,7 +37,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gadlib.backbones import DEFAULT_BACKBONE
@@ -47,7 +46,7 @@ from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_not_scored,
-                                    check_shots, collect_scores)
+                                    check_shots, collect_scores, mask_coverage)
 from gadlib.modules.losses import focal_loss
 
 SCORINGS = ("both", "head", "references", "distance")
@@ -150,8 +149,7 @@ class VOD(BackboneFeatures, Method):
         pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
         grid = self.aligned(pool.levels)                                    # (I, D, h, w), reading (A) applied
         tokens = grid.flatten(2).transpose(1, 2).contiguous()               # (I, N, D)
-        finest = max(range(len(pool.abnormal_fraction)), key=lambda i: pool.abnormal_fraction[i].shape[-1])
-        coverage = F.adaptive_avg_pool2d(pool.abnormal_fraction[finest][:, None], grid.shape[-2:])[:, 0].flatten(1)
+        coverage = pool.cell_coverage(grid.shape[-2:])
         rng = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
         self.head_ = ResidualHead(tokens.shape[-1], self.hidden).to(cache.device)
@@ -205,7 +203,7 @@ class VOD(BackboneFeatures, Method):
         side = tuple(normal.shape[-2:])
         cells = side[0] * side[1]
         bank = to_patches(normal)
-        abnormal = {k: self._abnormal_residuals(bank, cells, k, *abnormal_sets[k], side) for k in shots}
+        abnormal = self._abnormal_residuals(bank, cells, abnormal_sets, side)
         image_scores: dict[int, list] = {k: [] for k in shots}
         pixel_maps: dict[int, list] = {k: [] for k in shots}
         for start in self._bar(range(0, len(queries), self.query_batch)):
@@ -240,8 +238,7 @@ class VOD(BackboneFeatures, Method):
     def _abnormal_references(self, references: References, k: int) -> tuple[list[str], list[str | None]]:
         """The episode's abnormal references, or cut-and-paste ones made from the first k normal ones."""
         if references.abnormal:
-            masks = list(references.abnormal_masks) + [None] * (len(references.abnormal) - len(references.abnormal_masks))
-            return list(references.abnormal), masks
+            return list(references.abnormal), references.masks()
         if not self.synthetic_references or self.scoring in ("head", "distance"):
             return [], []
         from gadlib.cache import default_cache_dir
@@ -253,19 +250,23 @@ class VOD(BackboneFeatures, Method):
         target = "vod/" + hashlib.sha1("|".join(sources).encode()).hexdigest()[:12]
         return simulate_references(sources, self.seed, target, root / "simulated" / "vod")
 
-    def _abnormal_residuals(self, bank: torch.Tensor, cells: int, k: int, paths: list[str],
-                            masks: list[str | None], side: tuple[int, int]) -> torch.Tensor:
-        """Residuals ``(M, D)`` of the abnormal references' patches inside their masks (first k normals)."""
-        from gadlib.data.images import load_masks
-
-        if not paths:
-            return torch.zeros(0, bank.shape[1], device=bank.device)
-        features = to_patches(self.patch_features(paths))
-        found = nearest_per_group(features, bank, cells, "l2", return_index=True)
-        res = self.residuals(features, bank, nearest_in_first(*found, k)[1])
-        pixels = torch.from_numpy(load_masks(masks, paths, self.image_size)).float()
-        coverage = F.adaptive_avg_pool2d(pixels[:, None], side)[:, 0].flatten(1)       # (m, N)
-        return res[abnormal_cells(coverage, self.abnormal_threshold).flatten().to(res.device)]
+    def _abnormal_residuals(self, bank: torch.Tensor, cells: int, sets: dict[int, tuple[list[str], list]],
+                            side: tuple[int, int]) -> dict[int, torch.Tensor]:
+        """Per k, residuals ``(M, D)`` of its abnormal references' patches inside their masks, against the
+        first k normal references. References shared by several k (an episode's own) are read and matched once."""
+        out, matched = {}, {}
+        for k, (paths, masks) in sets.items():
+            if not paths:
+                out[k] = torch.zeros(0, bank.shape[1], device=bank.device)
+                continue
+            if tuple(paths) not in matched:
+                features = to_patches(self.patch_features(paths))
+                inside = abnormal_cells(mask_coverage(masks, paths, self.image_size, side), self.abnormal_threshold)
+                matched[tuple(paths)] = (features, nearest_per_group(features, bank, cells, "l2", return_index=True),
+                                         inside.flatten().to(features.device))
+            features, found, inside = matched[tuple(paths)]
+            out[k] = self.residuals(features, bank, nearest_in_first(*found, k)[1])[inside]
+        return out
 
     # -- persistence -------------------------------------------------------------------------------
     def load_fitted_state(self, state: dict[str, torch.Tensor], meta: dict) -> None:
