@@ -208,7 +208,7 @@ class GuidedEpisode:
 
 
 def _jsonable_params(params: dict) -> dict:
-    skip = {"progress", "device", "cache_dir", "query_batch"}
+    skip = {"progress", "device", "cache_dir", "query_batch", "search"}   # search: inference only
     # VOD settings came after the first checkpoints: "none" is what those were trained with, so it is
     # left out of the key and they stay valid.
     return {k: v for k, v in sorted(params.items())

@@ -257,3 +257,59 @@ def test_nearest_per_group_rejects_mismatched_widths():
 
     with pytest.raises(ValueError, match=r"\(N, D\).*\(M, D\)"):
         nearest_per_group(torch.zeros(3, 4), torch.zeros(6, 5), group_size=3)
+
+
+# -- search variants (exact blocks, float16, faiss) ---------------------------------------------------
+
+def _clustered(seed: int, groups: int = 3, group_size: int = 400, queries: int = 300, dim: int = 8):
+    """Queries near bank rows (as real patch features are): a clear nearest neighbour, few near-ties."""
+    gen = torch.Generator().manual_seed(seed)
+    bank = torch.randn(groups * group_size, dim, generator=gen)
+    picks = torch.randint(0, len(bank), (queries,), generator=gen)
+    return bank[picks] + 0.05 * torch.randn(queries, dim, generator=gen), bank
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_float16_search_is_the_exact_search_of_rounded_features(metric):
+    queries, bank = _clustered(2)
+    dist, rows = nearest_per_group(queries, bank, 400, metric, return_index=True, search="float16")
+    rounded = nearest_per_group(queries.half().float(), bank.half().float(), 400, metric, return_index=True)
+    assert torch.equal(rows, rounded[1])
+    torch.testing.assert_close(dist, rounded[0])
+    exact = nearest_per_group(queries, bank, 400, metric)
+    assert not torch.equal(dist, exact)                      # it does round ...
+    assert (dist - exact).abs().max() < 5e-3 * exact.max()   # ... by float16's precision only
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_faiss_flat_search_equals_the_exact_search(metric):
+    pytest.importorskip("faiss")
+    queries, bank = _clustered(3)
+    exact = nearest_per_group(queries, bank, 400, metric, return_index=True)
+    found = nearest_per_group(queries, bank, 400, metric, return_index=True, search="faiss")
+    assert torch.equal(found[1], exact[1])
+    torch.testing.assert_close(found[0], exact[0], atol=1e-4, rtol=1e-4)
+    single = nearest_neighbour(queries, bank, metric, search="faiss")
+    assert torch.equal(single[1], nearest_neighbour(queries, bank, metric)[1])
+
+
+def test_faiss_ivf_search_is_approximate_but_never_nearer_than_exact():
+    pytest.importorskip("faiss")
+    queries, bank = _clustered(4, groups=1, group_size=4000, queries=500)
+    exact_dist, exact_rows = nearest_neighbour(queries, bank)
+    dist, rows = nearest_neighbour(queries, bank, search="faiss-ivf")
+    assert rows.min() >= 0 and rows.max() < len(bank)
+    # an approximate search may miss the nearest row, never find a nearer one; the distance it
+    # reports is the true distance to the row it found
+    assert (dist >= exact_dist - 1e-4).all()
+    torch.testing.assert_close(dist, (queries - bank[rows]).norm(dim=1), atol=1e-4, rtol=1e-4)
+    recall = (rows == exact_rows).float().mean().item()
+    assert 0.8 < recall <= 1.0
+
+
+def test_search_errors(monkeypatch):
+    with pytest.raises(ValueError, match="search"):
+        nearest_neighbour(torch.zeros(2, 3), torch.zeros(4, 3), search="annoy")
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)       # faiss not installed
+    with pytest.raises(ImportError, match=r"gadlib\[faiss\]"):
+        nearest_neighbour(torch.zeros(2, 3), torch.ones(4, 3), search="faiss")

@@ -61,7 +61,7 @@ def test_get_params_round_trip():
     params = method.get_params()
     assert params["levels"] == (2, 3) and params["metric"] == "cosine" and params["grid"] == 6
     assert set(params) == {"backbone", "levels", "image_size", "grid", "neighbourhood", "metric", "sigma",
-                           "reduction", "vod_channel", "query_batch", "backbone_weights", "cache_dir", "device",
+                           "reduction", "vod_channel", "search", "query_batch", "backbone_weights", "cache_dir", "device",
                            "progress"}
     assert create_method("knn", **params).get_params() == params
     assert KNNResidual().get_params() != params
@@ -245,3 +245,26 @@ def test_knn_save_load_round_trip(knn_data, tmp_path):
     assert Method.load(path, sigma=0.0).sigma == 0.0
     with pytest.raises(FileNotFoundError, match="metadata"):
         Method.load(tmp_path / "nothing")
+
+
+def test_knn_search_variants(knn_data):
+    """faiss gives the exact search's scores; float16 banks move them by float16 rounding only."""
+    pytest.importorskip("faiss")
+    queries = [knn_data["clean"], knn_data["bright"]]
+    refs = References(knn_data["refs"])
+    exact = _knn(knn_data).predict_shots(queries, refs, [1, 4])
+    for search, tolerance in (("faiss", 1e-4), ("float16", 2e-3)):
+        other = _knn(knn_data, search=search).predict_shots(queries, refs, [1, 4])
+        for k in (1, 4):
+            np.testing.assert_allclose(other[k].pixel, exact[k].pixel, rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="search"):
+        _knn(knn_data, search="annoy").predict(queries, refs)
+
+
+def test_search_is_a_scoring_parameter_outside_the_checkpoint_key():
+    from gadlib.training import checkpoint_path
+
+    params = create_method("resad").get_params()
+    assert "search" in create_method("resad").scoring_params
+    assert checkpoint_path("resad", dict(params, search="faiss"), "synth", ["tile"], "key") == \
+        checkpoint_path("resad", params, "synth", ["tile"], "key")

@@ -1,58 +1,66 @@
 """Nearest-neighbour matching against a bank of reference features, and residual features.
 
-All functions are pure and device-agnostic; memory stays bounded by chunking the queries and the bank,
-so any number of references (k) fits: the largest intermediate is ``query_chunk x bank_chunk``.
+All functions are pure and device-agnostic. The exact search is the matrix-multiply form
+``|q|^2 + |b|^2 - 2 q.b`` with ``|b|^2 - 2 q.b`` fused into one ``addmm`` per block and ``|q|^2`` added after
+the minimum (it does not change which row is nearest), over blocks of about ``BLOCK_ELEMENTS`` distances
+that stay in the CPU cache; memory is bounded for any number of references (k).
+
+``search`` chooses how (``SEARCHES``):
+
+* ``"exact"`` -- float32 (or the inputs' float64) matrix products; the default and the reference.
+* ``"float16"`` -- the bank and queries rounded to float16 first (what a half-precision bank keeps),
+  products in float32: the accuracy cost of float16 banks, measured by ``gad bench --search``.
+* ``"faiss"`` -- an exact faiss flat index (``pip install 'gadlib[faiss]'``); same answers up to ties.
+* ``"faiss-ivf"`` -- an approximate faiss inverted-file index (``sqrt(rows)`` lists, an eighth of them
+  probed): for large reference banks, where it trades some accuracy for time.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 METRICS = ("l2", "cosine")
 RESIDUAL_MODES = ("difference", "squared")
+SEARCHES = ("exact", "float16", "faiss", "faiss-ivf")
+BLOCK_ELEMENTS = 1 << 20          # distances per block (4 MB of float32): cache-sized, bounds memory
+BANK_BLOCK = 16384                # bank rows per block when a group is larger than this
+IVF_PROBE_SHARE = 8               # faiss-ivf probes 1/8 of its lists
+
+
+def check_search(search: str) -> None:
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got '{search}'")
+
+
+def _check(queries: torch.Tensor, bank: torch.Tensor, metric: str, search: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
+    check_search(search)
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"expected queries (N, D) and bank (M, D), got {tuple(queries.shape)} and {tuple(bank.shape)}")
 
 
 def nearest_neighbour(queries: torch.Tensor, bank: torch.Tensor, metric: str = "l2",
-                      query_chunk: int = 4096, bank_chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+                      query_chunk: int | None = None, bank_chunk: int | None = None,
+                      search: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Distance from each query row to its nearest bank row.
 
     Args:
         queries: ``(N, D)``.
         bank: ``(M, D)`` reference features (all positions of all references).
         metric: ``"l2"`` (Euclidean distance) or ``"cosine"`` (``1 - cos``, in [0, 2]).
-        query_chunk, bank_chunk: block sizes that bound memory.
+        query_chunk, bank_chunk: block sizes (rows); ``None`` = cache-sized blocks. They bound memory
+            and change nothing else.
+        search: how to search (module docstring).
     Returns:
         ``distances (N,)`` and ``indices (N,)`` into ``bank``.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
-    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"expected queries (N, D) and bank (M, D), got {tuple(queries.shape)} and {tuple(bank.shape)}")
+    _check(queries, bank, metric, search)
     if bank.shape[0] == 0:
         raise ValueError("the reference bank is empty")
-    if metric == "cosine":
-        queries = torch.nn.functional.normalize(queries, dim=1)
-        bank = torch.nn.functional.normalize(bank, dim=1)
-    else:
-        bank_sq = (bank * bank).sum(1)
-    best = torch.full((queries.shape[0],), float("inf"), dtype=queries.dtype, device=queries.device)
-    best_idx = torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device)
-    for q0 in range(0, queries.shape[0], query_chunk):
-        q = queries[q0:q0 + query_chunk]
-        q_sq = (q * q).sum(1, keepdim=True) if metric == "l2" else None
-        for b0 in range(0, bank.shape[0], bank_chunk):
-            b = bank[b0:b0 + bank_chunk]
-            dots = q @ b.T
-            if metric == "l2":
-                dist = (q_sq + bank_sq[b0:b0 + bank_chunk] - 2 * dots)
-            else:
-                dist = 1 - dots
-            value, index = dist.min(dim=1)
-            better = value < best[q0:q0 + len(q)]
-            best[q0:q0 + len(q)] = torch.where(better, value, best[q0:q0 + len(q)])
-            best_idx[q0:q0 + len(q)] = torch.where(better, index + b0, best_idx[q0:q0 + len(q)])
-    if metric == "l2":
-        best = best.clamp_min(0).sqrt()
-    return best, best_idx
+    distances, rows = _search(queries, bank, bank.shape[0], metric, query_chunk, bank_chunk, search)
+    return distances[:, 0], rows[:, 0]
 
 
 def residual(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor,
@@ -69,8 +77,9 @@ def residual(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor,
 
 
 def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int, metric: str = "l2",
-                      query_chunk: int = 2048, bank_chunk: int = 16384,
-                      return_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                      query_chunk: int | None = None, bank_chunk: int | None = None,
+                      return_index: bool = False, search: str = "exact"
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Distance from each query row to its nearest row *within each group* of the bank.
 
     The bank is ``G`` consecutive groups of ``group_size`` rows (e.g. all patches of one reference
@@ -78,38 +87,108 @@ def nearest_per_group(queries: torch.Tensor, bank: torch.Tensor, group_size: int
     neighbour distance for the first 1, 2, ..., G references in one pass, which is how nested k-shot
     references are scored without matching the same patches again.
 
-    Shapes: ``(N, D), (G * group_size, D) -> (N, G)``; same metrics as :func:`nearest_neighbour`.
-    With ``return_index=True`` also the ``(N, G)`` bank rows of those nearest neighbours (see
-    :func:`nearest_in_first`).
+    Shapes: ``(N, D), (G * group_size, D) -> (N, G)``; same metrics, blocks and searches as
+    :func:`nearest_neighbour`. With ``return_index=True`` also the ``(N, G)`` bank rows of those nearest
+    neighbours (see :func:`nearest_in_first`).
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
-    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"expected queries (N, D) and bank (M, D), got {tuple(queries.shape)} and {tuple(bank.shape)}")
+    _check(queries, bank, metric, search)
     if group_size < 1 or bank.shape[0] == 0 or bank.shape[0] % group_size:
         raise ValueError(f"bank rows ({bank.shape[0]}) must be a positive multiple of group_size ({group_size})")
+    distances, rows = _search(queries, bank, group_size, metric, query_chunk, bank_chunk, search)
+    return (distances, rows) if return_index else distances
+
+
+def _search(queries, bank, group_size, metric, query_chunk, bank_chunk, search):
+    if search == "float16":        # the features a float16 bank holds; products stay float32
+        queries, bank = queries.half().float(), bank.half().float()
     if metric == "cosine":
         queries = torch.nn.functional.normalize(queries, dim=1)
         bank = torch.nn.functional.normalize(bank, dim=1)
-    groups = bank.shape[0] // group_size
-    per_block = max(1, bank_chunk // group_size)
+    if search.startswith("faiss"):
+        return _faiss_search(queries, bank, group_size, metric, search == "faiss-ivf")
+    return _exact_search(queries, bank, group_size, metric, query_chunk, bank_chunk)
+
+
+def _bank_blocks(rows: int, group_size: int, bank_chunk: int) -> list[tuple[int, int, int]]:
+    """``(first row, last row, width)``: whole groups per block, or slices of one large group."""
+    if group_size <= bank_chunk:
+        per = bank_chunk // group_size
+        return [(g * group_size, min(rows, (g + per) * group_size), group_size)
+                for g in range(0, rows // group_size, per)]
+    return [(g0 + s, g0 + min(group_size, s + bank_chunk), min(group_size, s + bank_chunk) - s)
+            for g0 in range(0, rows, group_size) for s in range(0, group_size, bank_chunk)]
+
+
+def _exact_search(queries, bank, group_size, metric, query_chunk, bank_chunk):
+    """Blocked ``(N, G)`` minima over each group; see the module docstring for the fused form."""
+    n, groups = queries.shape[0], bank.shape[0] // group_size
+    best = torch.full((n, groups), float("inf"), dtype=queries.dtype, device=queries.device)
+    best_rows = torch.zeros(n, groups, dtype=torch.long, device=queries.device)
     bank_sq = (bank * bank).sum(1)
-    out = torch.empty(queries.shape[0], groups, dtype=queries.dtype, device=queries.device)
-    rows_of = torch.empty(queries.shape[0], groups, dtype=torch.long, device=queries.device) if return_index else None
-    for q0 in range(0, queries.shape[0], query_chunk):
-        q = queries[q0:q0 + query_chunk]
-        q_sq = (q * q).sum(1, keepdim=True)
-        for g0 in range(0, groups, per_block):
-            rows = slice(g0 * group_size, min(groups, g0 + per_block) * group_size)
-            dots = q @ bank[rows].T
-            dist = q_sq + bank_sq[rows] - 2 * dots if metric == "l2" else 1 - dots
-            best = dist.view(len(q), -1, group_size).min(dim=2)
-            out[q0:q0 + len(q), g0:g0 + per_block] = best.values
-            if return_index:
-                first_row = torch.arange(g0, g0 + best.indices.shape[1], device=queries.device) * group_size
-                rows_of[q0:q0 + len(q), g0:g0 + per_block] = best.indices + first_row
-    out = out.clamp_min(0).sqrt() if metric == "l2" else out
-    return (out, rows_of) if return_index else out
+    for first, last, width in _bank_blocks(bank.shape[0], group_size, bank_chunk or BANK_BLOCK):
+        block_t = bank[first:last].T
+        group0, in_block = first // group_size, (last - first) // width
+        offsets = first + torch.arange(in_block, device=queries.device) * width
+        step = query_chunk or max(16, BLOCK_ELEMENTS // (last - first))
+        for q0 in range(0, n, step):
+            q = queries[q0:q0 + step]
+            if metric == "l2":        # |b|^2 - 2 q.b; |q|^2 is added after the minimum
+                score = torch.addmm(bank_sq[first:last], q, block_t, alpha=-2)
+            else:                     # -cos; 1 is added after the minimum
+                score = torch.mm(q, block_t).neg_()
+            value, index = score.view(len(q), in_block, width).min(dim=2)
+            old = best[q0:q0 + len(q), group0:group0 + in_block]
+            better = value < old
+            old.copy_(torch.where(better, value, old))
+            old_rows = best_rows[q0:q0 + len(q), group0:group0 + in_block]
+            old_rows.copy_(torch.where(better, index + offsets, old_rows))
+    if metric == "l2":
+        best = (best + (queries * queries).sum(1, keepdim=True)).clamp_min(0).sqrt()
+    else:
+        best = best + 1
+    return best, best_rows
+
+
+def _faiss_search(queries, bank, group_size, metric, approximate):
+    """The same ``(N, G)`` minima from one faiss index per group (flat, or inverted-file when approximate)."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError("search='faiss' needs the faiss package: pip install 'gadlib[faiss]' "
+                          "(or faiss-cpu / faiss-gpu); search='exact' needs nothing") from error
+    import numpy as np
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
+    b = np.ascontiguousarray(bank.detach().float().cpu().numpy())
+    dim, groups = b.shape[1], b.shape[0] // group_size
+    flat = faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP
+    distances = np.empty((len(q), groups), dtype=np.float32)
+    rows = np.empty((len(q), groups), dtype=np.int64)
+    for g in range(groups):
+        members = b[g * group_size:(g + 1) * group_size]
+        lists = min(int(math.sqrt(group_size)), group_size // 39) if approximate else 0
+        if lists >= 2:          # faiss wants about 39 training rows per list
+            kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+            index = faiss.IndexIVFFlat(flat(dim), dim, lists, kind)
+            index.train(members)
+            index.nprobe = max(1, math.ceil(lists / IVF_PROBE_SHARE))
+        else:
+            index = flat(dim)
+        index.add(members)
+        found, where = index.search(q, 1)
+        missed = where[:, 0] < 0            # an inverted-file search can probe only empty lists
+        if missed.any():
+            exact = flat(dim)
+            exact.add(members)
+            found[missed], where[missed] = exact.search(q[missed], 1)
+        distances[:, g], rows[:, g] = found[:, 0], where[:, 0] + g * group_size
+    distances = torch.from_numpy(distances).to(queries.device, queries.dtype)
+    if metric == "l2":
+        distances = distances.clamp_min(0).sqrt()
+    else:
+        distances = 1 - distances
+    return distances, torch.from_numpy(rows).to(queries.device)
 
 
 def nearest_in_first(distances: torch.Tensor, rows: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from torch import nn
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate
 from gadlib.kernels.vod import channel_vod_grid, check_vod
-from gadlib.kernels.residual import nearest_per_group
+from gadlib.kernels.residual import check_search, nearest_per_group
 from gadlib.kernels.scoring import upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
@@ -86,10 +86,13 @@ class InCTRL(BackboneFeatures, Method):
             The image embedding stays the raw deepest-level mean: under (A) every channel's mean over
             positions is the same constant. Reading (B) does not apply: InCTRL's patch residual is a
             cosine distance, not a residual vector.
+        search: how query patches are matched to the normal references at inference: ``"exact"``
+            (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
+            Training always searches exactly.
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("sigma", "query_batch", "cache_dir")
+    scoring_params = ("sigma", "search", "query_batch", "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, neighbourhood: int = 3,
@@ -97,7 +100,8 @@ class InCTRL(BackboneFeatures, Method):
                  sigma: float = 4.0, epochs: int = 10, steps_per_epoch: int = 100, batch_size: int = 16,
                  train_shots: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4, focal_gamma: float = 2.0,
                  simulated_per_category: int = 30, faithful_double_sigmoid: bool = False,
-                 faithful_reshape: bool = False, vod_channel: str = "none", seed: int = 0, query_batch: int = 32,
+                 faithful_reshape: bool = False, vod_channel: str = "none", search: str = "exact", seed: int = 0,
+                 query_batch: int = 32,
                  cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -119,6 +123,7 @@ class InCTRL(BackboneFeatures, Method):
         self.faithful_double_sigmoid = faithful_double_sigmoid
         self.faithful_reshape = faithful_reshape
         self.vod_channel = vod_channel
+        self.search = search
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -160,7 +165,7 @@ class InCTRL(BackboneFeatures, Method):
 
     @staticmethod
     def patch_residuals(query_tokens: list[torch.Tensor], reference_tokens: list[torch.Tensor],
-                        shots: Sequence[int]) -> dict[int, torch.Tensor]:
+                        shots: Sequence[int], search: str = "exact") -> dict[int, torch.Tensor]:
         """Patch residual maps ``(B, N)`` for the first k references, every k in ``shots``, one pass.
 
         ``query_tokens`` ``[(B, N, C_l)]``, ``reference_tokens`` ``[(K, N, C_l)]``.
@@ -169,7 +174,7 @@ class InCTRL(BackboneFeatures, Method):
         per_layer = []
         for queries, refs in zip(query_tokens, reference_tokens):
             nearest = nearest_per_group(queries.reshape(b * n, -1), refs.reshape(-1, refs.shape[-1]), refs.shape[1],
-                                        "cosine")
+                                        "cosine", search=search)
             per_layer.append(torch.cummin(nearest, dim=1).values / 2)           # (B*N, K), 1 - cos halved
         mean = torch.stack(per_layer).mean(0)
         return {k: mean[:, k - 1].reshape(b, n) for k in shots}
@@ -221,6 +226,7 @@ class InCTRL(BackboneFeatures, Method):
         if not hasattr(self, "heads_"):
             raise RuntimeError("inctrl is not fitted: call fit(source), `gad train --method inctrl`, or load a checkpoint")
         check_vod(self.vod_channel, "none", self.name)
+        check_search(self.search)
         shots = check_shots(references, shots)
         check_not_scored(queries, references)
         refs = list(references.normal[:shots[-1]])
@@ -233,7 +239,7 @@ class InCTRL(BackboneFeatures, Method):
             batch = queries[start:start + self.query_batch]
             tokens, embeddings = self._features(batch)
             text = self._text_scores(batch)
-            for k, patch in self.patch_residuals(tokens, ref_tokens, shots).items():
+            for k, patch in self.patch_residuals(tokens, ref_tokens, shots, self.search).items():
                 out = self.heads_(patch, embeddings, ref_embeddings[:k], text)
                 image_scores[k].append(out["final"].cpu())
                 if with_pixel:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import to_patches
-from gadlib.kernels.residual import nearest_per_group
+from gadlib.kernels.residual import check_search, nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
@@ -36,6 +36,8 @@ class KNNResidual(BackboneFeatures, Method):
         vod_channel: VOD reading (A) on the features before matching (``"none"``, ``"ranks"``,
             ``"gaussian"``; :func:`gadlib.kernels.vod.channel_vod`). Reading (B) cannot change a distance
             to the nearest normal patch (it keeps each residual's norm), so kNN has no ``vod_position``.
+        search: how query patches are matched to the normal references at inference: ``"exact"``
+            (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
         query_batch: queries scored at once (bounds memory together with the kernel's chunks).
         backbone_weights: local weights file for backbones without packaged weights.
         cache_dir: feature cache folder (default ``$GADLIB_CACHE`` or ``~/.cache/gadlib``).
@@ -46,8 +48,8 @@ class KNNResidual(BackboneFeatures, Method):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
                  metric: str = "l2", sigma: float = 4.0, reduction: str = "max", vod_channel: str = "none",
-                 query_batch: int = 64, backbone_weights: str | None = None, cache_dir: str | None = None,
-                 device: str | None = None, progress: bool = True):
+                 search: str = "exact", query_batch: int = 64, backbone_weights: str | None = None,
+                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -57,6 +59,7 @@ class KNNResidual(BackboneFeatures, Method):
         self.sigma = sigma
         self.reduction = reduction
         self.vod_channel = vod_channel
+        self.search = search
         self.query_batch = query_batch
         self.backbone_weights = backbone_weights
         self.cache_dir = cache_dir
@@ -73,6 +76,7 @@ class KNNResidual(BackboneFeatures, Method):
         shots = check_shots(references, shots)
         check_not_scored(queries, references)
         check_vod(self.vod_channel, "none", self.name)
+        check_search(self.search)
         refs = list(references.normal[:shots[-1]])
         cache = self.feature_cache()
         cache.ensure(refs + list(queries))
@@ -85,7 +89,7 @@ class KNNResidual(BackboneFeatures, Method):
         for start in tqdm(batches, desc="knn scoring", unit="batch", disable=not self.progress, leave=False):
             features = self.patch_features(queries[start:start + self.query_batch])
             n, _, h, w = features.shape
-            per_ref = nearest_per_group(to_patches(features), bank, cells, self.metric)
+            per_ref = nearest_per_group(to_patches(features), bank, cells, self.metric, search=self.search)
             nearest_first_k = torch.cummin(per_ref, dim=1).values
             for k in shots:
                 maps = upsample_blur(nearest_first_k[:, k - 1].reshape(n, h, w), self.image_size, self.sigma)

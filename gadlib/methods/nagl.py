@@ -36,7 +36,7 @@ from torch import nn
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
-from gadlib.kernels.residual import nearest_in_first, nearest_neighbour, nearest_per_group
+from gadlib.kernels.residual import check_search, nearest_in_first, nearest_neighbour, nearest_per_group
 from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
 from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
 from gadlib.kernels.vod import check_vod
@@ -100,10 +100,13 @@ class NAGL(BackboneFeatures, Method):
         faithful_mask_order, faithful_positions: the public code's bugs, as named switches.
         vod_channel, vod_position: VOD reading (A) on the patch features (before the normal map and the
             residuals) and reading (B) on the query and abnormal-reference residuals (see ``vod``).
+        search: how query patches are matched to the normal references at inference: ``"exact"``
+            (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
+            Training always searches exactly.
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("mode", "sigma", "reduction", "query_batch", "cache_dir")
+    scoring_params = ("mode", "sigma", "reduction", "search", "query_batch", "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",
@@ -114,7 +117,7 @@ class NAGL(BackboneFeatures, Method):
                  weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, faithful_mask_order: bool = False,
                  faithful_positions: bool = False, vod_channel: str = "none", vod_position: str = "none",
-                 seed: int = 0, query_batch: int = 32,
+                 search: str = "exact", seed: int = 0, query_batch: int = 32,
                  cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -143,6 +146,7 @@ class NAGL(BackboneFeatures, Method):
         self.faithful_positions = faithful_positions
         self.vod_channel = vod_channel
         self.vod_position = vod_position
+        self.search = search
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -156,6 +160,7 @@ class NAGL(BackboneFeatures, Method):
         if self.center not in CENTERS:
             raise ValueError(f"nagl: center must be one of {CENTERS}, got '{self.center}'")
         check_vod(self.vod_channel, self.vod_position, self.name)
+        check_search(self.search)
         if self.train_abnormal_shots < 1 or self.train_shots < 1:
             raise ValueError("nagl: train_shots and train_abnormal_shots must be >= 1")
 
@@ -323,7 +328,7 @@ class NAGL(BackboneFeatures, Method):
         bank = to_patches(normal)
         abnormal, cells = self._abnormal_references(references, side, bank.shape[1])
         found_a = (nearest_per_group(abnormal.reshape(-1, bank.shape[1]), bank, cells_per_ref, "cosine",
-                                     return_index=True) if len(abnormal) else None)
+                                     return_index=True, search=self.search) if len(abnormal) else None)
         # The abnormal references are the same for every query: match and mine them once per k.
         abnormal_rows = {k: nearest_in_first(*found_a, k)[1].reshape(abnormal.shape[:2]) if found_a
                          else torch.zeros(0, cells_per_ref, dtype=torch.long, device=bank.device) for k in shots}
@@ -335,7 +340,8 @@ class NAGL(BackboneFeatures, Method):
             features = self.centred_features(queries[start:start + self.query_batch])
             b = len(features)
             tokens = features.flatten(2).transpose(1, 2)
-            found = nearest_per_group(to_patches(features), bank, cells_per_ref, "cosine", return_index=True)
+            found = nearest_per_group(to_patches(features), bank, cells_per_ref, "cosine", return_index=True,
+                                      search=self.search)
             for k in shots:
                 distance, rows = nearest_in_first(*found, k)
                 maps = self._maps(tokens, bank, rows.reshape(b, -1), distance.reshape(b, -1), [abnormal] * b,

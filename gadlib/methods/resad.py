@@ -31,7 +31,7 @@ from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate, to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
 from gadlib.kernels.vod import channel_vod_grid, check_vod
-from gadlib.kernels.residual import METRICS, nearest_in_first, nearest_neighbour, nearest_per_group, residual
+from gadlib.kernels.residual import METRICS, check_search, nearest_in_first, nearest_neighbour, nearest_per_group, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
@@ -68,11 +68,14 @@ class ResAD(BackboneFeatures, Method):
         vod_channel: VOD reading (A) on every level's features before matching (``"none"``, ``"ranks"``,
             ``"gaussian"``); vod_position: reading (B) on the residuals before the constraintor
             (``"none"``, ``"magnitude"``, ``"signed"``, ``"grouped"``). See ``gadlib.kernels.vod``.
+        search: how query patches are matched to the normal references at inference: ``"exact"``
+            (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
+            Training always searches exactly.
         seed: initialisation, episodes and simulation.
         query_batch, cache_dir, device, progress: as ``knn``.
     """
 
-    scoring_params = ("normalization", "sigma", "reduction", "query_batch", "cache_dir")
+    scoring_params = ("normalization", "sigma", "reduction", "search", "query_batch", "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, neighbourhood: int = 1,
@@ -84,7 +87,7 @@ class ResAD(BackboneFeatures, Method):
                  train_shots: int = 4, lr: float = 5e-4, weight_decay: float = 5e-4,
                  anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  simulated_per_category: int = 30, max_flow_positions: int = 4096, vod_channel: str = "none",
-                 vod_position: str = "none", seed: int = 0,
+                 vod_position: str = "none", search: str = "exact", seed: int = 0,
                  query_batch: int = 32, cache_dir: str | None = None, device: str | None = None,
                  progress: bool = True):
         self.backbone = backbone
@@ -117,6 +120,7 @@ class ResAD(BackboneFeatures, Method):
         self.max_flow_positions = max_flow_positions
         self.vod_channel = vod_channel
         self.vod_position = vod_position
+        self.search = search
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -131,6 +135,7 @@ class ResAD(BackboneFeatures, Method):
             if value not in valid:
                 raise ValueError(f"resad: {name} must be one of {valid}, got '{value}'")
         check_vod(self.vod_channel, self.vod_position, self.name)
+        check_search(self.search)
 
     def _features(self, paths: Sequence[str]) -> list[torch.Tensor]:
         cache = self.feature_cache()
@@ -269,7 +274,8 @@ class ResAD(BackboneFeatures, Method):
                 cells = ref_levels[level].shape[-2] * ref_levels[level].shape[-1]
                 found = None
                 if self.residual != "none":
-                    found = nearest_per_group(to_patches(features), banks[level], cells, self.metric, return_index=True)
+                    found = nearest_per_group(to_patches(features), banks[level], cells, self.metric,
+                                              return_index=True, search=self.search)
                 for k in shots:
                     rows = None if found is None else nearest_in_first(*found, k)[1]
                     log_p[k][level].append(self._log_likelihood(level, self._residual(features, banks[level], rows)).cpu())

@@ -41,7 +41,7 @@ from torch import nn
 
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import to_patches
-from gadlib.kernels.residual import nearest_in_first, nearest_neighbour, nearest_per_group
+from gadlib.kernels.residual import check_search, nearest_in_first, nearest_neighbour, nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
@@ -80,10 +80,14 @@ class VOD(BackboneFeatures, Method):
         lr, weight_decay: AdamW.
         anomaly_fraction, abnormal_threshold, focal_gamma, simulated_per_category: as ``nagl``.
         sigma, reduction: pixel-map smoothing and image score.
+        search: how query patches are matched to the normal references at inference: ``"exact"``
+            (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
+            Training always searches exactly.
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("scoring", "synthetic_references", "sigma", "reduction", "query_batch", "cache_dir")
+    scoring_params = ("scoring", "synthetic_references", "sigma", "reduction", "search", "query_batch",
+                      "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",
@@ -92,8 +96,8 @@ class VOD(BackboneFeatures, Method):
                  steps_per_epoch: int = 50, batch_size: int = 16, train_shots: int = 4, lr: float = 1e-3,
                  weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, sigma: float = 4.0,
-                 reduction: str = "max", seed: int = 0, query_batch: int = 64, cache_dir: str | None = None,
-                 device: str | None = None, progress: bool = True):
+                 reduction: str = "max", search: str = "exact", seed: int = 0, query_batch: int = 64,
+                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -117,6 +121,7 @@ class VOD(BackboneFeatures, Method):
         self.simulated_per_category = simulated_per_category
         self.sigma = sigma
         self.reduction = reduction
+        self.search = search
         self.seed = seed
         self.query_batch = query_batch
         self.cache_dir = cache_dir
@@ -126,6 +131,7 @@ class VOD(BackboneFeatures, Method):
     # -- plumbing ----------------------------------------------------------------------------------
     def _check_params(self) -> None:
         check_vod(self.vod_channel, self.vod_position, self.name)
+        check_search(self.search)
         if self.scoring not in SCORINGS:
             raise ValueError(f"vod: scoring must be one of {SCORINGS}, got '{self.scoring}'")
         if self.synthetic_references < 0 or self.train_shots < 1:
@@ -209,7 +215,7 @@ class VOD(BackboneFeatures, Method):
         for start in self._bar(range(0, len(queries), self.query_batch)):
             features = to_patches(self.patch_features(queries[start:start + self.query_batch]))
             b = len(features) // cells
-            found = nearest_per_group(features, bank, cells, "l2", return_index=True)
+            found = nearest_per_group(features, bank, cells, "l2", return_index=True, search=self.search)
             for k in shots:
                 res = self.residuals(features, bank, nearest_in_first(*found, k)[1])
                 patch = self._patch_scores(res, abnormal[k]).reshape(b, *side)
