@@ -37,7 +37,12 @@ study: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/gad bench --out results/bench
+	$(BIN)/gad bench --methods knn,resad --threads 1,2 --out results/bench
+	$(BIN)/gad bench --search knn,resad --out results/bench
+	$(BIN)/gad bench --study --out results/bench
 	$(BIN)/gad embed results/bench/bench.md README.md --marker bench-table
+	$(BIN)/gad embed results/bench/search.md README.md --marker search-table
+	$(BIN)/gad embed results/bench/threads.md README.md --marker threads-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -169,6 +169,126 @@ def cost_versus_k(table: pd.DataFrame):
     return fig
 
 
+def bench_threads(methods: Sequence[str] = ("knn", "resad"), threads: Sequence[int] = (1, 2), k: int = 8,
+                  dataset: str = "textile", queries: int = 32, method_params: dict | None = None,
+                  out: str | Path | None = "results/bench", source: str = "synth",
+                  source_categories: Sequence[str] = ("tile", "washer"), progress: bool = True) -> pd.DataFrame:
+    """The bench's rows at one k for each torch thread count (``torch.set_num_threads``): what using
+    more cores buys, for the backbone and for each method. The thread count is restored afterwards."""
+    from tqdm.auto import tqdm
+
+    before = torch.get_num_threads()
+    query_paths, reference_paths = bench_images(dataset, queries, k)
+    parts = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="gadlib-bench-") as work:
+            for count in threads:
+                torch.set_num_threads(int(count))
+                for name in tqdm(methods, desc=f"bench ({count} threads)", unit="method", disable=not progress):
+                    parts.append(bench_method(name, query_paths, reference_paths, [k],
+                                              (method_params or {}).get(name), "cpu", source, source_categories,
+                                              workdir=Path(work) / f"t{count}" / name))
+    finally:
+        torch.set_num_threads(before)
+    table = pd.concat(parts, ignore_index=True).assign(dataset=dataset)
+    if out is not None:
+        from gadlib.results import to_markdown
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        table.to_csv(Path(out) / "threads.csv", index=False)
+        (Path(out) / "threads.md").write_text(to_markdown(threads_table(table)) + (
+            f"\nk = {k}, {queries} queries of {dataset}, CPU; seconds from an empty feature cache (backbone alone, "
+            "whole method) and with cached features (warm).\n"))
+    return table
+
+
+def threads_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Seconds by method and thread count, and the speed-up of the most threads over one thread."""
+    view = table.pivot_table(index="method", columns="threads", values=["backbone_s", "method_s", "warm_s"])
+    counts = sorted(table["threads"].unique())
+    out = pd.DataFrame(index=view.index)
+    for column, label in (("backbone_s", "backbone s"), ("method_s", "method s"), ("warm_s", "warm s")):
+        for count in counts:
+            out[f"{label} ({count} thr)"] = view[(column, count)].round(3)
+        if len(counts) > 1:
+            out[f"{label} speed-up"] = (view[(column, counts[0])] / view[(column, counts[-1])]).round(2)
+    return out.reset_index()
+
+
+CROSS_DOMAIN_SOURCE = ("brushed_metal", "woven_fabric", "wood_grain", "tile", "washer", "bottle_top")
+
+
+def bench_search(methods: Sequence[str] = ("knn", "resad"), searches: Sequence[str] | None = None,
+                 dataset: str = "textile", shots: Sequence[int] = (8, 32), seed: int = 0,
+                 method_params: dict | None = None, source: str = "synth",
+                 source_categories: Sequence[str] = CROSS_DOMAIN_SOURCE, out: str | Path | None = "results/bench",
+                 progress: bool = True) -> pd.DataFrame:
+    """What each nearest-neighbour search costs and changes: for every method, search and k, the scoring
+    time of the whole target test set (features cached first, so matching and scoring only) and its image
+    and pixel AUROC, with the change against ``search="exact"``.
+
+    Trained methods are trained on the cross-domain study's source (or loaded from its cached checkpoint),
+    so these AUROCs are the study's. One reference draw (``seed``) per k: a comparison of searches on
+    the same references, not a reported result.
+    """
+    from gadlib.data.load import load_dataset
+    from gadlib.kernels.residual import SEARCHES
+    from gadlib.methods import create_method
+    from gadlib.study import evaluate
+    from gadlib.training import train_or_load
+
+    name, frame = load_dataset(dataset)
+    rows = []
+    for method in methods:
+        params = (method_params or {}).get(method, {})
+        if method == "knn":
+            model = create_method(method, **params, progress=False)
+        else:
+            model = train_or_load(method, source, list(source_categories), params, progress=progress)[0]
+        model.feature_cache().ensure(frame["image_path"].tolist())
+        for k in shots:
+            for search in searches or SEARCHES:
+                scoring = model.with_params(search=search, progress=False)
+                start = time.perf_counter()
+                result = evaluate(frame, scoring, name, [k], [seed], progress=False)
+                seconds = time.perf_counter() - start
+                metrics = result.tidy.groupby("metric")["value"].mean()
+                rows.append(dict(method=method, search=search, k=k, seconds=seconds,
+                                 queries=int(len(result.scores)), image_auroc=metrics.get("image_auroc"),
+                                 pixel_auroc=metrics.get("pixel_auroc"), threads=torch.get_num_threads()))
+                if progress:
+                    print(f"{method} k={k} {search}: {seconds:.1f} s, image AUROC {rows[-1]['image_auroc']:.4f}",
+                          flush=True)
+    table = pd.DataFrame(rows).assign(dataset=dataset)
+    exact = table[table["search"] == "exact"].set_index(["method", "k"])
+    for column in ("seconds", "image_auroc", "pixel_auroc"):
+        base = exact[column].reindex(pd.MultiIndex.from_frame(table[["method", "k"]])).to_numpy()
+        table[f"{column}_vs_exact"] = table[column] / base if column == "seconds" else table[column] - base
+    if out is not None:
+        from gadlib.results import to_markdown
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        table.to_csv(Path(out) / "search.csv", index=False)
+        (Path(out) / "search.md").write_text(to_markdown(search_table(table)) + (
+            f"\nWhole {dataset} test set ({int(table['queries'].iloc[0])} queries), one reference draw (seed {seed}), "
+            "features cached; time relative to the exact search; AUROC changes in points (x100).\n"))
+    return table
+
+
+def search_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The printed summary of :func:`bench_search`: one row per method, k and search."""
+    view = table[["method", "k", "search", "seconds", "seconds_vs_exact", "image_auroc", "image_auroc_vs_exact",
+                  "pixel_auroc", "pixel_auroc_vs_exact"]].copy()
+    for column in ("image_auroc", "pixel_auroc", "image_auroc_vs_exact", "pixel_auroc_vs_exact"):
+        view[column] = (100 * view[column]).round(2)
+    view["seconds"] = view["seconds"].round(1)
+    view["seconds_vs_exact"] = view["seconds_vs_exact"].round(2)
+    view = view.dropna(axis=1, how="all")          # pixel columns of a dataset without masks
+    return view.rename(columns={"seconds": "scoring s", "seconds_vs_exact": "time / exact",
+                                "image_auroc": "image AUROC", "image_auroc_vs_exact": "Δ image",
+                                "pixel_auroc": "pixel AUROC", "pixel_auroc_vs_exact": "Δ pixel"})
+
+
 def time_study(notebook: str | Path = "notebooks/00_quickstart.ipynb", out: str | Path | None = "results/bench",
                parameters: dict | None = None) -> pd.DataFrame:
     """Time to the first result of ``make study``: its first notebook, from an empty feature cache (cold) and

@@ -75,6 +75,8 @@ class FeatureCache:
         self.progress = progress
         self.dtype = dtype
         key = backbone.key() + f";dtype={dtype}"
+        if backbone.layout == torch.channels_last:     # the same features up to rounding: kept apart
+            key += ";channels_last"
         self.folder = Path(root or default_cache_dir()) / "features" / hashlib.sha256(key.encode()).hexdigest()[:16]
         self.folder.mkdir(parents=True, exist_ok=True)
         config_file = self.folder / "config.json"

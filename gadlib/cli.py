@@ -167,17 +167,36 @@ def bench(
     queries: int = typer.Option(32, help="query images per measurement"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CPU, and CUDA when present)"),
     out: Path = typer.Option(Path("results/bench"), help="folder for bench.csv, bench.md, cost_vs_k.png"),
-    study: bool = typer.Option(False, help="also time the first notebook of `make study`, cold and warm cache"),
+    study: bool = typer.Option(False, help="time the first notebook of `make study`, cold and warm cache"),
+    search: Optional[str] = typer.Option(
+        None, help="compare nearest-neighbour searches (exact, float16, faiss, faiss-ivf) on these methods' "
+                   "whole test set: time and AUROC change (e.g. knn,resad)"),
+    search_shots: str = typer.Option("8,32", help="k for --search"),
+    threads: Optional[str] = typer.Option(None, help="time --methods at k=8 with these torch thread counts, "
+                                                     "e.g. 1,2 (writes threads.csv)"),
 ):
-    """Time each method against the backbone alone as k grows (a benchmark, not a test)."""
-    from gadlib.bench import bench_table, run_bench, time_study
+    """Time each method against the backbone alone as k grows (a benchmark, not a test).
+
+    With --threads, --search or --study, those measurements run instead of the main bench.
+    """
+    from gadlib.bench import (bench_search, bench_table, bench_threads, run_bench, search_table,
+                              threads_table, time_study)
     from gadlib.results import to_markdown
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    if names:
+    if threads:
+        counts = bench_threads(names, _ints(threads, "--threads"), dataset=dataset, queries=queries, out=out)
+        typer.echo(to_markdown(threads_table(counts)))
+        typer.echo(f"wrote {out}/threads.csv, threads.md")
+    if not (threads or search or study):
         table = run_bench(names, _ints(shots, "--shots"), dataset, queries, [device] if device else None, out=out)
         typer.echo(to_markdown(bench_table(table)))
         typer.echo(f"wrote {out}/bench.csv, bench.md, cost_vs_k.png")
+    if search:
+        compared = bench_search([m.strip() for m in search.split(",") if m.strip()], None, dataset,
+                                _ints(search_shots, "--search-shots"), out=out)
+        typer.echo(to_markdown(search_table(compared)))
+        typer.echo(f"wrote {out}/search.csv, search.md")
     if study:
         typer.echo(to_markdown(time_study(out=out).round(1)))
         typer.echo(f"wrote {out}/study_time.csv")

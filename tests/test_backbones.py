@@ -186,6 +186,18 @@ def test_key_changes_with_levels_and_image_size():
     assert base.key() != Backbone(TEST_MODEL, levels=(1, 2), image_size=96, allow_random=True).key()
 
 
+def test_channels_last_layout_changes_features_by_rounding_only(tmp_path):
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fast = Backbone("efficientnet_lite0", image_size=64)
+    plain = Backbone("efficientnet_lite0", image_size=64, channels_last=False)
+    assert fast.layout == torch.channels_last and plain.layout == torch.contiguous_format
+    for a, b in zip(fast(images), plain(images)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    # checkpoints name the same backbone; feature caches keep the two layouts apart
+    assert fast.key() == plain.key()
+    assert FeatureCache(fast, root=tmp_path).folder != FeatureCache(plain, root=tmp_path).folder
+
+
 # -- FeatureCache ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

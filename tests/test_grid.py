@@ -140,3 +140,34 @@ def test_bench_times_methods_against_the_backbone(spec, tmp_path):
     assert (table["images_per_s"] * table["method_s"] - 3).abs().max() < 1e-9
     assert {"bench.csv", "bench.md", "cost_vs_k.png"} <= {p.name for p in (tmp_path / "bench").iterdir()}
     assert "ratio k=2" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_bench_search_compares_searches_on_the_same_references(spec, tmp_path):
+    pytest.importorskip("faiss")
+    from gadlib.bench import bench_search
+    from gadlib.kernels.residual import SEARCHES
+    from gadlib.study import run_evaluation
+
+    table = bench_search(["knn"], dataset=spec, shots=[2], method_params={"knn": {"image_size": 48}},
+                         out=tmp_path / "bench", progress=False)
+    assert list(table["search"]) == list(SEARCHES) and (table["k"] == 2).all()
+    exact = table.set_index("search").loc["exact"]
+    assert exact["seconds_vs_exact"] == 1 and exact["image_auroc_vs_exact"] == 0
+    # the exact row is the study's own number for this draw
+    study = run_evaluation(spec, "knn", shots=[2], seeds=[0], method_params={"image_size": 48}, progress=False)
+    assert exact["image_auroc"] == pytest.approx(study.tidy.query("metric == 'image_auroc'")["value"].mean())
+    assert table["image_auroc_vs_exact"].abs().max() < 0.1      # every search finds (nearly) the same patches
+    assert "Δ image" in (tmp_path / "bench" / "search.md").read_text()
+
+
+def test_bench_threads_restores_the_thread_count(spec, tmp_path):
+    import torch
+
+    from gadlib.bench import bench_threads
+
+    before = torch.get_num_threads()
+    table = bench_threads(["knn"], threads=[1], k=1, dataset=spec, queries=2,
+                          method_params={"knn": {"image_size": 48}}, out=tmp_path, progress=False)
+    assert torch.get_num_threads() == before
+    assert list(table["threads"]) == [1] and (table["warm_s"] > 0).all()
+    assert "speed-up" not in (tmp_path / "threads.md").read_text()     # one thread count: nothing to compare
