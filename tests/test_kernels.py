@@ -102,6 +102,9 @@ def test_nearest_per_group_equals_per_group_brute_force(metric, chunks):
         expected, _ = nearest_neighbour(queries, bank[:g * group_size], metric)
         torch.testing.assert_close(running[:, g - 1], expected, atol=1e-9, rtol=1e-9)
     assert (running[:, 1:] <= running[:, :-1]).all()
+    # distances alone (amin) and distances with their rows (min + index) are the same numbers
+    with_rows, rows = nearest_per_group(queries, bank, group_size, metric, return_index=True, **chunks)
+    assert torch.equal(with_rows, out) and rows.shape == (19, groups)
 
 
 @pytest.mark.parametrize("group_size, rows", [(0, 8), (3, 8), (4, 0)])
