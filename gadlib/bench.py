@@ -13,6 +13,9 @@ For every method and k, on the same query images and the same first k references
 
 Trained methods are fitted with a single training step on a small synthetic source first: inference
 cost does not depend on the learned weights, only on their shapes. Not a test: timings vary by machine.
+
+Also here: :func:`bench_search` (time and AUROC change of each nearest-neighbour search on a whole test
+set), :func:`bench_threads` (the same rows for several torch thread counts) and :func:`time_study`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -61,8 +65,15 @@ def _timed(function) -> float:
 def bench_method(name: str, queries: Sequence[str], references: Sequence[str], shots: Sequence[int],
                  params: dict | None = None, device: str | None = None, source: str = "synth",
                  source_categories: Sequence[str] = ("tile", "washer"), workdir: str | Path | None = None,
-                 progress: bool = False) -> pd.DataFrame:
-    """Rows of the module docstring for one method, every k in ``shots`` (ascending)."""
+                 progress: bool = False, repeats: int = 3) -> pd.DataFrame:
+    """Rows of the module docstring for one method, every k in ``shots`` (ascending).
+
+    Each time is the median of ``repeats`` runs, every cold run from its own empty feature cache: single
+    runs of a ~1 s pass on a shared CPU move the ratio by up to ±0.4. ``ratio_min``/``ratio_max`` give the
+    spread of the per-repeat ratios.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     from gadlib.cache import FeatureCache
     from gadlib.methods import References, create_method
     from gadlib.training import load_source
@@ -73,24 +84,33 @@ def bench_method(name: str, queries: Sequence[str], references: Sequence[str], s
     method = create_method(name, **{**params, **(TINY_FIT if trained else {})}, cache_dir=str(workdir / "fit"))
     if trained:
         method.fit(load_source(source, list(source_categories)))
+    backbone = method.feature_cache().backbone
+    with torch.inference_mode():     # the first pass of a process sets up its kernels: keep it out of the timings
+        backbone(torch.zeros(2, 3, backbone.preprocess.image_size, backbone.preprocess.image_size,
+                             device=method.feature_cache().device))
     rows = []
     for k in sorted(set(int(k) for k in shots)):
         if k > len(references):
             raise ValueError(f"k={k} needs {k} references, the bench has {len(references)}")
         refs = References(list(references[:k]))
         images = list(queries) + list(refs.normal)
-        cold = FeatureCache(method.feature_cache().backbone, root=workdir / f"backbone_k{k}", device=device,
-                            progress=False)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        backbone_s = _timed(lambda: cold.ensure(images))
-        scoring = method.with_params(cache_dir=str(workdir / f"method_k{k}"))
-        scoring.feature_cache()                     # load the backbone outside the timing
-        method_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
-        warm_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
-        rows.append(dict(method=name, device=str(cold.device), k=k, queries=len(queries), backbone_s=backbone_s,
-                         method_s=method_s, warm_s=warm_s, ratio=method_s / backbone_s,
-                         images_per_s=len(queries) / method_s, peak_rss_mb=_peak_rss_mb(),
+        times = []
+        for repeat in range(repeats):
+            cold = FeatureCache(backbone, root=workdir / f"backbone_k{k}_{repeat}", device=device, progress=False)
+            backbone_s = _timed(lambda: cold.ensure(images))
+            scoring = method.with_params(cache_dir=str(workdir / f"method_k{k}_{repeat}"))
+            scoring.feature_cache()                     # load the backbone outside the timing
+            method_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
+            warm_s = _timed(lambda: scoring.predict_shots(list(queries), refs, [k]))
+            times.append((backbone_s, method_s, warm_s))
+        backbone_s, method_s, warm_s = (float(v) for v in np.median(np.array(times), axis=0))
+        each = [m / b for b, m, _ in times]
+        rows.append(dict(method=name, device=str(cold.device), k=k, queries=len(queries), repeats=repeats,
+                         backbone_s=backbone_s, method_s=method_s, warm_s=warm_s, ratio=method_s / backbone_s,
+                         ratio_min=min(each), ratio_max=max(each), images_per_s=len(queries) / method_s,
+                         peak_rss_mb=_peak_rss_mb(),
                          cuda_peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None,
                          threads=torch.get_num_threads()))
     return pd.DataFrame(rows)
@@ -100,7 +120,7 @@ def run_bench(methods: Sequence[str] = DEFAULT_METHODS, shots: Sequence[int] = (
               dataset: str = "textile", queries: int = 32, devices: Sequence[str] | None = None,
               method_params: dict | None = None, out: str | Path | None = "results/bench",
               source: str = "synth", source_categories: Sequence[str] = ("tile", "washer"),
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, repeats: int = 3) -> pd.DataFrame:
     """Bench every method on CPU (and CUDA when present); write ``bench.csv``, ``bench.md`` and a figure."""
     from tqdm.auto import tqdm
 
@@ -112,7 +132,7 @@ def run_bench(methods: Sequence[str] = DEFAULT_METHODS, shots: Sequence[int] = (
             for name in tqdm(methods, desc=f"bench ({device})", unit="method", disable=not progress):
                 parts.append(bench_method(name, query_paths, reference_paths, shots,
                                           (method_params or {}).get(name), device, source, source_categories,
-                                          workdir=Path(work) / device / name))
+                                          workdir=Path(work) / device / name, repeats=repeats))
     table = pd.concat(parts, ignore_index=True).assign(dataset=dataset)
     if out is not None:
         write_bench(table, Path(out))
@@ -140,7 +160,8 @@ def write_bench(table: pd.DataFrame, out: Path) -> None:
     summary = bench_table(table)
     queries = int(table["queries"].iloc[0])
     note = (f"\nratio = whole prediction / backbone alone on the same {queries} queries + k references, both from an "
-            "empty feature cache; warm s = the prediction again with cached features (matching and scoring only); "
+            f"empty feature cache, medians of {int(table['repeats'].iloc[0])} runs; warm s = the prediction again with "
+            "cached features (matching and scoring only); "
             f"dataset {table['dataset'].iloc[0]}, {int(table['threads'].iloc[0])} torch threads.\n")
     (out / "bench.md").write_text(to_markdown(summary) + note)
     (out / "environment.json").write_text(pd.Series(environment_info()).to_json(indent=1))
@@ -172,7 +193,8 @@ def cost_versus_k(table: pd.DataFrame):
 def bench_threads(methods: Sequence[str] = ("knn", "resad"), threads: Sequence[int] = (1, 2), k: int = 8,
                   dataset: str = "textile", queries: int = 32, method_params: dict | None = None,
                   out: str | Path | None = "results/bench", source: str = "synth",
-                  source_categories: Sequence[str] = ("tile", "washer"), progress: bool = True) -> pd.DataFrame:
+                  source_categories: Sequence[str] = ("tile", "washer"), progress: bool = True,
+                  repeats: int = 3) -> pd.DataFrame:
     """The bench's rows at one k for each torch thread count (``torch.set_num_threads``): what using
     more cores buys, for the backbone and for each method. The thread count is restored afterwards."""
     from tqdm.auto import tqdm
@@ -187,7 +209,7 @@ def bench_threads(methods: Sequence[str] = ("knn", "resad"), threads: Sequence[i
                 for name in tqdm(methods, desc=f"bench ({count} threads)", unit="method", disable=not progress):
                     parts.append(bench_method(name, query_paths, reference_paths, [k],
                                               (method_params or {}).get(name), "cpu", source, source_categories,
-                                              workdir=Path(work) / f"t{count}" / name))
+                                              workdir=Path(work) / f"t{count}" / name, repeats=repeats))
     finally:
         torch.set_num_threads(before)
     table = pd.concat(parts, ignore_index=True).assign(dataset=dataset)
@@ -198,7 +220,7 @@ def bench_threads(methods: Sequence[str] = ("knn", "resad"), threads: Sequence[i
         table.to_csv(Path(out) / "threads.csv", index=False)
         (Path(out) / "threads.md").write_text(to_markdown(threads_table(table)) + (
             f"\nk = {k}, {queries} queries of {dataset}, CPU; seconds from an empty feature cache (backbone alone, "
-            "whole method) and with cached features (warm).\n"))
+            f"whole method) and with cached features (warm), medians of {repeats} runs.\n"))
     return table
 
 

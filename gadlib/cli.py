@@ -160,11 +160,73 @@ def notebook(
 
 
 @app.command()
+def grid(
+    datasets: str = typer.Option(..., help="comma-separated dataset specs (elpv, textile, synth, <manifest>:PATH, ...)"),
+    methods: str = typer.Option("knn", help="comma-separated registered methods"),
+    shots: str = typer.Option("1,2,4,8", help="numbers of normal references k"),
+    seeds: str = typer.Option("0,1,2", help="reference-draw seeds (one cell per method, dataset and seed)"),
+    abnormal_shots: int = typer.Option(0, help="m abnormal references per episode"),
+    abnormal_source: str = typer.Option("real", help="real | simulated"),
+    protocol: str = typer.Option("label-free", help="label-free | type-matched"),
+    checkpoint: list[str] = typer.Option([], help="METHOD=PATH: the saved model of a trained method "
+                                                  "(`gad train --out PATH`), repeatable"),
+    method_param: list[str] = typer.Option([], "--method-param", "-m",
+                                           help="hyper-parameter KEY=VALUE for every method, repeatable"),
+    workers: int = typer.Option(1, help="local processes running cells at once"),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run the cells "
+                                                       "on that cluster instead (needs gadlib[dask])"),
+    out: Path = typer.Option(..., help="study folder: cells/<key>.csv, grid.json, tidy.csv"),
+    metric: str = typer.Option("image_auroc", help="metric of the printed table"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Run a study as a grid of resumable cells (methods x datasets x seeds); a re-run skips finished cells."""
+    from gadlib.grid import make_grid, pending, run_grid
+    from gadlib.methods import list_methods
+    from gadlib.methods.base import _REGISTRY, Method
+    from gadlib.results import summary_table, to_markdown
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    saved = {}
+    for item in checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).with_suffix(".json").is_file():
+            typer.secho(f"error: --checkpoint takes METHOD=PATH of a saved model (PATH.json and "
+                        f"PATH.safetensors); got '{item}'", fg="red", err=True)
+            raise typer.Exit(2)
+        saved[name] = path
+    for name in names:
+        if name not in _REGISTRY:
+            typer.secho(f"error: unknown method '{name}'; registered: {list_methods()}", fg="red", err=True)
+            raise typer.Exit(2)
+        if _REGISTRY[name].fit is not Method.fit and name not in saved:
+            typer.secho(f"error: {name} is trained: train it first (`gad train --method {name} --out PATH`) and "
+                        f"pass --checkpoint {name}=PATH", fg="red", err=True)
+            raise typer.Exit(2)
+    params = _key_values(method_param, "--method-param")
+    cells = []
+    for name in names:
+        cells += make_grid({name: (name, params)}, {d.strip(): None for d in datasets.split(",") if d.strip()},
+                           _ints(seeds, "--seeds"), _ints(shots, "--shots"), abnormal_shots=abnormal_shots,
+                           abnormal_source=abnormal_source, protocol=protocol, checkpoint=saved.get(name))
+    typer.echo(f"{len(cells)} cells, {len(pending(cells, out))} to run")
+    try:
+        tidy = run_grid(cells, out, workers=workers, scheduler=scheduler, progress=not quiet)
+    except (ValueError, FileNotFoundError) as err:
+        typer.secho(f"error: {err} (finished cells are kept; run the same command again to resume)",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    tidy.to_csv(out / "tidy.csv", index=False)
+    typer.echo(to_markdown(summary_table(tidy, metric)))
+    typer.echo(f"wrote {out}/tidy.csv")
+
+
+@app.command()
 def bench(
     methods: str = typer.Option(",".join(("knn", "resad", "inctrl", "nagl", "vod")), help="methods to time"),
     shots: str = typer.Option("1,2,4,8,16,32", help="numbers of normal references k"),
     dataset: str = typer.Option("textile", help="where the query and reference images come from"),
     queries: int = typer.Option(32, help="query images per measurement"),
+    repeats: int = typer.Option(3, help="runs per measurement; times are their medians"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CPU, and CUDA when present)"),
     out: Path = typer.Option(Path("results/bench"), help="folder for bench.csv, bench.md, cost_vs_k.png"),
     study: bool = typer.Option(False, help="time the first notebook of `make study`, cold and warm cache"),
@@ -185,11 +247,13 @@ def bench(
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if threads:
-        counts = bench_threads(names, _ints(threads, "--threads"), dataset=dataset, queries=queries, out=out)
+        counts = bench_threads(names, _ints(threads, "--threads"), dataset=dataset, queries=queries, out=out,
+                               repeats=repeats)
         typer.echo(to_markdown(threads_table(counts)))
         typer.echo(f"wrote {out}/threads.csv, threads.md")
     if not (threads or search or study):
-        table = run_bench(names, _ints(shots, "--shots"), dataset, queries, [device] if device else None, out=out)
+        table = run_bench(names, _ints(shots, "--shots"), dataset, queries, [device] if device else None, out=out,
+                          repeats=repeats)
         typer.echo(to_markdown(bench_table(table)))
         typer.echo(f"wrote {out}/bench.csv, bench.md, cost_vs_k.png")
     if search:

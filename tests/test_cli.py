@@ -152,3 +152,30 @@ def test_nagl_trains_and_evaluates_with_abnormal_references_under_both_protocols
     simulated = runner.invoke(app, base + ["--protocol", "type-matched", "--abnormal-source", "simulated",
                                            "--out", str(tmp_path / "bad2")])
     assert simulated.exit_code == 2 and "type-matched protocol draws real abnormal references" in simulated.output
+
+
+def test_grid_runs_resumable_cells_and_prints_what_it_wrote(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    out = tmp_path / "grid"
+    command = ["grid", "--datasets", f"folder:{root}", "--methods", "knn", "--shots", "1,2", "--seeds", "0,1",
+               "-m", "image_size=64", "--out", str(out), "--quiet"]
+    first = runner.invoke(app, command)
+    assert first.exit_code == 0, first.output
+    assert "2 cells, 2 to run" in first.output
+    tidy = pd.read_csv(out / "tidy.csv")
+    assert to_markdown(summary_table(tidy, "image_auroc")) in first.output
+    assert sorted(tidy["seed"].unique()) == [0, 1] and len(list((out / "cells").glob("*.csv"))) == 2
+    again = runner.invoke(app, command)
+    assert again.exit_code == 0 and "2 cells, 0 to run" in again.output
+    pd.testing.assert_frame_equal(pd.read_csv(out / "tidy.csv"), tidy)
+
+
+def test_grid_refuses_unknown_and_untrained_methods(tmp_path):
+    unknown = runner.invoke(app, ["grid", "--datasets", "elpv", "--methods", "knn,nope", "--out", str(tmp_path)])
+    assert unknown.exit_code == 2 and "unknown method 'nope'" in unknown.output
+    untrained = runner.invoke(app, ["grid", "--datasets", "elpv", "--methods", "resad", "--out", str(tmp_path)])
+    assert untrained.exit_code == 2 and "--checkpoint resad=PATH" in untrained.output
+    missing = runner.invoke(app, ["grid", "--datasets", "elpv", "--methods", "resad", "--checkpoint",
+                                  f"resad={tmp_path / 'none'}", "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "METHOD=PATH" in missing.output
+    assert not (tmp_path / "cells").exists()

@@ -133,13 +133,18 @@ def test_bench_times_methods_against_the_backbone(spec, tmp_path):
         bench_images(spec, queries=2, references=40)
     table = run_bench(["knn", "vod"], shots=[1, 2], dataset=spec, queries=3,
                       method_params={"knn": {"image_size": 48}, "vod": {"image_size": 48}}, out=tmp_path / "bench",
-                      source=spec, source_categories=["tile"], progress=False)
+                      source=spec, source_categories=["tile"], progress=False, repeats=2)
     assert len(table) == 4 and set(table["method"]) == {"knn", "vod"} and set(table["k"]) == {1, 2}
     assert (table["backbone_s"] > 0).all() and (table["warm_s"] < table["method_s"]).all()
     assert (table["ratio"] - table["method_s"] / table["backbone_s"]).abs().max() < 1e-12
+    # two repeats: the ratio of the medians (means) lies between the two runs' ratios
+    assert (table["repeats"] == 2).all() and (table["ratio_min"] <= table["ratio"] + 1e-12).all()
+    assert (table["ratio"] <= table["ratio_max"] + 1e-12).all()
     assert (table["images_per_s"] * table["method_s"] - 3).abs().max() < 1e-9
     assert {"bench.csv", "bench.md", "cost_vs_k.png"} <= {p.name for p in (tmp_path / "bench").iterdir()}
     assert "ratio k=2" in (tmp_path / "bench" / "bench.md").read_text()
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        run_bench(["knn"], shots=[1], dataset=spec, queries=3, out=None, progress=False, repeats=0)
 
 
 def test_bench_search_compares_searches_on_the_same_references(spec, tmp_path):
