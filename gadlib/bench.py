@@ -75,12 +75,12 @@ def bench_method(name: str, queries: Sequence[str], references: Sequence[str], s
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     from gadlib.cache import FeatureCache
-    from gadlib.methods import References, create_method
+    from gadlib.methods import References, create_method, needs_training
     from gadlib.training import load_source
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="gadlib-bench-"))
     params = dict(params or {}, device=device, progress=progress)
-    trained = name != "knn"
+    trained = needs_training(name)
     method = create_method(name, **{**params, **(TINY_FIT if trained else {})}, cache_dir=str(workdir / "fit"))
     if trained:
         method.fit(load_source(source, list(source_categories)))
@@ -255,7 +255,7 @@ def bench_search(methods: Sequence[str] = ("knn", "resad"), searches: Sequence[s
     """
     from gadlib.data.load import load_dataset
     from gadlib.kernels.residual import SEARCHES
-    from gadlib.methods import create_method
+    from gadlib.methods import create_method, needs_training
     from gadlib.study import evaluate
     from gadlib.training import train_or_load
 
@@ -263,7 +263,7 @@ def bench_search(methods: Sequence[str] = ("knn", "resad"), searches: Sequence[s
     rows = []
     for method in methods:
         params = (method_params or {}).get(method, {})
-        if method == "knn":
+        if not needs_training(method):
             model = create_method(method, **params, progress=False)
         else:
             model = train_or_load(method, source, list(source_categories), params, progress=progress)[0]

@@ -181,8 +181,7 @@ def grid(
 ) -> None:
     """Run a study as a grid of resumable cells (methods x datasets x seeds); a re-run skips finished cells."""
     from gadlib.grid import make_grid, pending, run_grid
-    from gadlib.methods import list_methods
-    from gadlib.methods.base import _REGISTRY, Method
+    from gadlib.methods import needs_training
     from gadlib.results import summary_table, to_markdown
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -195,10 +194,12 @@ def grid(
             raise typer.Exit(2)
         saved[name] = path
     for name in names:
-        if name not in _REGISTRY:
-            typer.secho(f"error: unknown method '{name}'; registered: {list_methods()}", fg="red", err=True)
+        try:
+            trained = needs_training(name)
+        except ValueError as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
             raise typer.Exit(2)
-        if _REGISTRY[name].fit is not Method.fit and name not in saved:
+        if trained and name not in saved:
             typer.secho(f"error: {name} is trained: train it first (`gad train --method {name} --out PATH`) and "
                         f"pass --checkpoint {name}=PATH", fg="red", err=True)
             raise typer.Exit(2)

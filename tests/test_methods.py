@@ -268,3 +268,11 @@ def test_search_is_a_scoring_parameter_outside_the_checkpoint_key():
     assert "search" in create_method("resad").scoring_params
     assert checkpoint_path("resad", dict(params, search="faiss"), "synth", ["tile"], "key") == \
         checkpoint_path("resad", params, "synth", ["tile"], "key")
+
+
+def test_needs_training_tells_trained_methods_from_training_free_ones():
+    from gadlib.methods import needs_training
+
+    assert [needs_training(n) for n in ("knn", "resad", "inctrl", "nagl", "vod")] == [False, True, True, True, True]
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        needs_training("nope")

@@ -170,6 +170,13 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def needs_training(name: str) -> bool:
+    """Whether a registered method learns on a source (overrides :meth:`Method.fit`) before it can score."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method '{name}'; registered methods: {list_methods()}")
+    return _REGISTRY[name].fit is not Method.fit
+
+
 def create_method(name: str, **params) -> Method:
     """Instantiate a registered method by name."""
     if name not in _REGISTRY:
