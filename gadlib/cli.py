@@ -13,6 +13,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="gadlib: gene
 data_app = typer.Typer(no_args_is_help=True, help="Dataset manifests and checks")
 app.add_typer(data_app, name="data")
 
+# options that `gad evaluate` and `gad grid` share: one declaration each
+SHOTS = typer.Option("1,2,4,8", help="numbers of normal references k")
+ABNORMAL_SHOTS = typer.Option(0, help="m abnormal references per episode")
+ABNORMAL_SOURCE = typer.Option("real", help="real | simulated")
+PROTOCOL = typer.Option("label-free", help="label-free (abnormal references of any defect type) | "
+                                           "type-matched (NAGL's: of the query's defect type)")
+METRIC = typer.Option("image_auroc", help="metric of the printed table")
+QUIET = typer.Option(False, help="no progress bars")
+
 
 def _ints(text: str, option: str) -> list[int]:
     try:
@@ -51,12 +60,11 @@ def _method_params(backbone: str | None, backbone_weights: Path | None, image_si
 def evaluate(
     dataset: str = typer.Option(..., help="elpv | textile | synth | <manifest>:PATH | folder:PATH"),
     method: str = typer.Option("knn", help="registered method name (see `gad methods`)"),
-    shots: str = typer.Option("1,2,4,8", help="numbers of normal references k"),
+    shots: str = SHOTS,
     seeds: str = typer.Option("0,1,2", help="reference-draw seeds"),
-    abnormal_shots: int = typer.Option(0, help="m abnormal references per episode"),
-    abnormal_source: str = typer.Option("real", help="real | simulated"),
-    protocol: str = typer.Option("label-free", help="label-free (abnormal references of any defect type) | "
-                                                    "type-matched (NAGL's: of the query's defect type)"),
+    abnormal_shots: int = ABNORMAL_SHOTS,
+    abnormal_source: str = ABNORMAL_SOURCE,
+    protocol: str = PROTOCOL,
     checkpoint: Optional[Path] = typer.Option(None, help="a saved method (.safetensors + .json)"),
     backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
     backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
@@ -64,8 +72,8 @@ def evaluate(
     method_param: list[str] = typer.Option([], "--method-param", "-m",
                                            help="hyper-parameter KEY=VALUE (YAML value), repeatable"),
     out: Path = typer.Option(..., help="run folder to write (replaced atomically)"),
-    metric: str = typer.Option("image_auroc", help="metric of the printed table"),
-    quiet: bool = typer.Option(False, help="no progress bars"),
+    metric: str = METRIC,
+    quiet: bool = QUIET,
 ) -> None:
     """Evaluate a method on a dataset; write tidy CSV + episodes + summary, print mean ± std."""
     from gadlib.results import summary_table, to_markdown
@@ -163,11 +171,11 @@ def notebook(
 def grid(
     datasets: str = typer.Option(..., help="comma-separated dataset specs (elpv, textile, synth, <manifest>:PATH, ...)"),
     methods: str = typer.Option("knn", help="comma-separated registered methods"),
-    shots: str = typer.Option("1,2,4,8", help="numbers of normal references k"),
+    shots: str = SHOTS,
     seeds: str = typer.Option("0,1,2", help="reference-draw seeds (one cell per method, dataset and seed)"),
-    abnormal_shots: int = typer.Option(0, help="m abnormal references per episode"),
-    abnormal_source: str = typer.Option("real", help="real | simulated"),
-    protocol: str = typer.Option("label-free", help="label-free | type-matched"),
+    abnormal_shots: int = ABNORMAL_SHOTS,
+    abnormal_source: str = ABNORMAL_SOURCE,
+    protocol: str = PROTOCOL,
     checkpoint: list[str] = typer.Option([], help="METHOD=PATH: the saved model of a trained method "
                                                   "(`gad train --out PATH`), repeatable"),
     method_param: list[str] = typer.Option([], "--method-param", "-m",
@@ -176,8 +184,8 @@ def grid(
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786): run the cells "
                                                        "on that cluster instead (needs gadlib[dask])"),
     out: Path = typer.Option(..., help="study folder: cells/<key>.csv, grid.json, tidy.csv"),
-    metric: str = typer.Option("image_auroc", help="metric of the printed table"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
+    metric: str = METRIC,
+    quiet: bool = QUIET,
 ) -> None:
     """Run a study as a grid of resumable cells (methods x datasets x seeds); a re-run skips finished cells."""
     from gadlib.grid import make_grid, pending, run_grid
@@ -204,9 +212,10 @@ def grid(
                         f"pass --checkpoint {name}=PATH", fg="red", err=True)
             raise typer.Exit(2)
     params = _key_values(method_param, "--method-param")
+    targets = {d.strip(): None for d in datasets.split(",") if d.strip()}
     cells = []
-    for name in names:
-        cells += make_grid({name: (name, params)}, {d.strip(): None for d in datasets.split(",") if d.strip()},
+    for name in names:             # one make_grid per method: each has its own checkpoint
+        cells += make_grid({name: (name, params)}, targets,
                            _ints(seeds, "--seeds"), _ints(shots, "--shots"), abnormal_shots=abnormal_shots,
                            abnormal_source=abnormal_source, protocol=protocol, checkpoint=saved.get(name))
     typer.echo(f"{len(cells)} cells, {len(pending(cells, out))} to run")
