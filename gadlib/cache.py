@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from gadlib.backbones import Backbone
 from gadlib.data.images import ImageDataset
+from gadlib.progress import report
 
 
 def default_cache_dir() -> Path:
@@ -117,7 +119,9 @@ class FeatureCache:
         todo = {d: p for p, d in zip(paths, digests) if not self._entry(d).exists()}
         self.misses += len(todo)
         if todo:
+            started = time.perf_counter()
             self._extract(list(todo.values()), list(todo.keys()))
+            report("features", f"{self.backbone.name} features", time.perf_counter() - started, count=len(todo))
         return digests
 
     def get(self, paths: Sequence[str]) -> list[torch.Tensor]:

@@ -6,6 +6,8 @@ across k, and methods score all k in one call (:meth:`Method.predict_shots`).
 """
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +20,9 @@ from gadlib.data.images import check_mask_sizes, load_masks
 from gadlib.data.references import Episode, sample_episode
 from gadlib.methods.base import Method, References
 from gadlib.metrics import image_metrics, pixel_metrics
+from gadlib.parallel import layout, method_from_payload, method_payload, pool, submit
+from gadlib.progress import report
+from gadlib.store import ResultStore, cell_key, default_store, frame_payload, method_identity, payload_frame
 
 TIDY_COLUMNS = ["dataset", "category", "domain", "method", "shots", "abnormal_shots", "seed", "metric", "value"]
 
@@ -44,8 +49,12 @@ def _domain_groups(queries: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
 def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[int] = (1, 2, 4, 8),
              seeds: Sequence[int] = (0, 1, 2), abnormal_shots: int = 0, abnormal_source: str = "real",
              categories: Sequence[str] | None = None, simulated_dir: str | Path | None = None,
-             progress: bool = True) -> StudyResult:
+             progress: bool = True, store: ResultStore | None | bool = None,
+             workers: int | None = None) -> StudyResult:
     """Evaluate ``method`` on every category of ``frame`` for every k in ``shots`` and every seed.
+
+    Each (category, seed) is one cell of the result store (:mod:`gadlib.store`): a cell computed
+    before, by any notebook or command, is read back instead of computed.
 
     Args:
         frame: schema table of the target dataset.
@@ -58,56 +67,210 @@ def evaluate(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[
         categories: subset of categories; default all.
         simulated_dir: where simulated abnormal references are written.
         progress: show progress bars.
+        store: the result store; ``None`` = :func:`gadlib.store.default_store`, ``False`` = compute
+            everything and store nothing.
+        workers: processes for the missing cells (:func:`gadlib.parallel.layout`; 1 = this process).
     """
+    request = dict(frame=frame, method=method, dataset=dataset, shots=shots, seeds=seeds,
+                   abnormal_shots=abnormal_shots, abnormal_source=abnormal_source, categories=categories,
+                   simulated_dir=simulated_dir)
+    return evaluate_many([request], progress, store, workers)[0]
+
+
+def evaluate_many(requests: Sequence[dict], progress: bool = True, store: ResultStore | None | bool = None,
+                  workers: int | None = None, results: bool = True) -> list[StudyResult]:
+    """:func:`evaluate` for several requests (dicts of its arguments) with one schedule of their cells.
+
+    Every episode of every request is drawn first; then the missing cells of all requests are computed
+    together, so a pool of workers stays busy across methods and targets (one request alone often has
+    three cells: one per seed). ``results=False`` only fills the store (a notebook's prefetch) and
+    returns an empty list.
+    """
+    store = default_store() if store is None else (store or None)
+    jobs = [_plan(**request, store=store) for request in requests]
+    payloads = _score_cells(jobs, store, workers, progress)
+    if not results:
+        return []
+    out = []
+    for job, found in zip(jobs, payloads):
+        # A shared cell of a method that ignores abnormal references may come from another m: rows say this m.
+        tidy = pd.concat([payload_frame(p["tidy"], TIDY_COLUMNS) for p in found], ignore_index=True)
+        scores = pd.concat([payload_frame(p["scores"]) for p in found], ignore_index=True)
+        tidy["abnormal_shots"] = job["abnormal_shots"]
+        scores["abnormal_shots"] = job["abnormal_shots"]
+        episodes = [cell["episodes"][k] for cell in job["cells"] for k in job["shots"]]
+        out.append(StudyResult(tidy=tidy.astype({"shots": int, "abnormal_shots": int, "seed": int}),
+                               episodes=episodes, scores=scores))
+    return out
+
+
+def _plan(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[int] = (1, 2, 4, 8),
+          seeds: Sequence[int] = (0, 1, 2), abnormal_shots: int = 0, abnormal_source: str = "real",
+          categories: Sequence[str] | None = None, simulated_dir: str | Path | None = None,
+          store: ResultStore | None = None) -> dict:
+    """Draw every episode of one request (errors come before any work) and name its cells."""
     categories = list(categories) if categories is not None else sorted(frame["category"].unique())
     shots = sorted(set(int(k) for k in shots))
     if not shots or not seeds:
         raise ValueError("evaluate needs at least one k in shots and one seed")
-    plan = []  # (category, seed, episodes by k), all drawn up front so errors come before work
+    plan = []  # (category, seed, episodes by k)
     for category in categories:
         for seed in seeds:
             episodes = {k: sample_episode(frame, category, k, int(seed), abnormal_shots, abnormal_source,
                                           dataset, simulated_dir) for k in shots}
+            longest = episodes[shots[-1]]
+            if any(ep.queries != longest.queries or ep.abnormal_refs != longest.abnormal_refs
+                   for ep in episodes.values()):
+                raise RuntimeError(f"{dataset}/{category}: queries or abnormal references differ across k; "
+                                   "one predict_shots call cannot score them")
             plan.append((category, int(seed), episodes))
     lookup = frame.set_index("image_path")
     test = frame[frame["category"].isin(categories) & (frame["split"] == "test")]
     check_mask_sizes(test)
     categories_with_masks = set(test.loc[test["mask_path"].notna(), "category"])
-    tidy_rows, score_rows, all_episodes = [], [], []
-    masks_for: dict[str, tuple[list[str], np.ndarray]] = {}
-    for category, seed, episodes in tqdm(plan, desc=f"{dataset} {method.name}", unit="draw", disable=not progress):
-        longest = episodes[shots[-1]]
-        if any(ep.queries != longest.queries or ep.abnormal_refs != longest.abnormal_refs for ep in episodes.values()):
-            raise RuntimeError(f"{dataset}/{category}: queries or abnormal references differ across k; "
-                               "one predict_shots call cannot score them")
-        queries = lookup.loc[longest.queries]
+    identity = method_identity(method) if store is not None else None
+    cells = []
+    for category, seed, episodes in plan:
+        queries = lookup.loc[episodes[shots[-1]].queries]
         with_pixel = category in categories_with_masks
-        scores_by_k = method.predict_shots(longest.queries, References.from_episode(longest), shots, with_pixel)
-        masks = None
-        if with_pixel:
-            # Queries repeat across seeds (references come from the pool): read their masks once.
-            if masks_for.get(category, (None,))[0] != longest.queries:
-                size = next(iter(scores_by_k.values())).pixel.shape[-1]
-                masks_for[category] = (longest.queries, load_masks(queries["mask_path"].tolist(), longest.queries, size))
-            masks = masks_for[category][1]
-        labels = queries["label"].to_numpy()
-        for k, scores in scores_by_k.items():
-            all_episodes.append(episodes[k])
-            for domain, keep in _domain_groups(queries):
-                if len(np.unique(labels[keep])) < 2:
-                    continue  # AUROC is undefined without both normal and anomalous queries
-                values = image_metrics(labels[keep], scores.image[keep])
-                if masks is not None and masks[keep].any():
-                    values.update(pixel_metrics(masks[keep], scores.pixel[keep]))
-                base = dict(dataset=dataset, category=category, domain=domain, method=method.name, shots=k,
-                            abnormal_shots=abnormal_shots, seed=seed)
-                tidy_rows += [dict(base, metric=name, value=float(v)) for name, v in values.items()]
-            score_rows.append(pd.DataFrame(dict(
-                dataset=dataset, category=category, domain=queries["domain"].to_numpy(), method=method.name,
-                shots=k, abnormal_shots=abnormal_shots, seed=seed, image_path=longest.queries,
-                label=labels, defect=queries["defect"].to_numpy(), score=scores.image)))
-    return StudyResult(tidy=pd.DataFrame(tidy_rows, columns=TIDY_COLUMNS), episodes=all_episodes,
-                       scores=pd.concat(score_rows, ignore_index=True))
+        key = cell_key(identity, dataset, [episodes[k] for k in shots], queries, with_pixel) if store else None
+        cells.append(dict(key=key, category=category, seed=seed, episodes=episodes, queries=queries,
+                          with_pixel=with_pixel))
+    return dict(method=method, dataset=dataset, shots=shots, abnormal_shots=abnormal_shots, cells=cells)
+
+
+def _score_cells(jobs: list[dict], store, workers, progress) -> list[list[dict]]:
+    """Payloads of every cell of every job, in order: read from the store, else computed here or in a pool."""
+    payloads = [[store.get(c["key"]) if store else None for c in job["cells"]] for job in jobs]
+    missing, twins = [], {}        # (job index, cell index) to compute; cells of the same key share one
+    for j, job in enumerate(jobs):
+        for i, (cell, payload) in enumerate(zip(job["cells"], payloads[j])):
+            if payload is not None:
+                store.reused += 1
+                report("cell", _cell_label(job, cell), 0.0, reused=True)
+            elif cell["key"] is not None and cell["key"] in twins:
+                twins[cell["key"]].append((j, i))
+            else:
+                missing.append((j, i))
+                twins.setdefault(cell["key"] or f"{j}/{i}", [])
+    # Largest cells first: the pool's last tasks are then short, and no worker waits long for the other.
+    missing.sort(key=lambda ji: -len(jobs[ji[0]]["cells"][ji[1]]["queries"]))
+    total = sum(len(job["cells"]) for job in jobs)
+    desc = f"{jobs[0]['dataset']} {jobs[0]['method'].name}" if len(jobs) == 1 else f"{len(jobs)} evaluations"
+    bar = tqdm(total=total, initial=total - len(missing), desc=desc, unit="draw", disable=not progress)
+    n_workers, threads = layout(workers)
+    if n_workers > 1 and len(missing) > 1:
+        _prepare_features(jobs, missing)
+        executor = pool(n_workers, threads)
+        descriptions = {j: (method_payload(jobs[j]["method"]), uuid.uuid4().hex) for j in {j for j, _ in missing}}
+        futures = {}
+        for j, i in missing:
+            job, (description, memo) = jobs[j], descriptions[j]
+            futures[submit(executor, _score_remote, description, memo, job["dataset"], job["shots"],
+                           job["abnormal_shots"], _portable(job["cells"][i]))] = (j, i)
+        from concurrent.futures import as_completed
+
+        for future in as_completed(futures):
+            j, i = futures[future]
+            payload, seconds = future.result()
+            payloads[j][i] = _keep(store, jobs[j], jobs[j]["cells"][i], payload, seconds)
+            bar.update()
+    else:
+        masks_for: dict[str, tuple[list[str], np.ndarray]] = {}
+        for j, i in missing:
+            job = jobs[j]
+            started = time.perf_counter()
+            payload = score_cell(job["method"], job["dataset"], job["shots"], job["abnormal_shots"], job["cells"][i],
+                                 masks_for)
+            payloads[j][i] = _keep(store, job, job["cells"][i], payload, time.perf_counter() - started)
+            bar.update()
+    bar.close()
+    for key, copies in twins.items():
+        if copies:
+            source = next(payloads[j][i] for j, job in enumerate(jobs) for i, c in enumerate(job["cells"])
+                          if c["key"] == key and payloads[j][i] is not None)
+            for j, i in copies:
+                payloads[j][i] = source
+                report("cell", _cell_label(jobs[j], jobs[j]["cells"][i]), 0.0, reused=True)
+    return payloads
+
+
+def _prepare_features(jobs, missing) -> None:
+    """Features of every image the missing cells read, extracted here first: two workers must not
+    extract the same image twice."""
+    paths: dict[int, tuple] = {}
+    for j, i in missing:
+        cache = getattr(jobs[j]["method"], "feature_cache", None)
+        if cache is None:
+            continue
+        found = cache()
+        images = {p for ep in jobs[j]["cells"][i]["episodes"].values()
+                  for p in ep.queries + ep.normal_refs + ep.abnormal_refs}
+        paths.setdefault(id(found), (found, set()))[1].update(images)
+    for found, images in paths.values():
+        found.ensure(sorted(images))
+
+
+def _keep(store, job, cell, payload, seconds) -> dict:
+    if store is not None:
+        store.put(cell["key"], payload)
+        store.computed += 1
+    report("cell", _cell_label(job, cell), seconds, reused=False)
+    return payload
+
+
+def _cell_label(job, cell) -> str:
+    m = f", m={job['abnormal_shots']}" if job["abnormal_shots"] else ""
+    return (f"{job['method'].name} on {job['dataset']}/{cell['category']}, seed {cell['seed']}{m} "
+            f"({len(cell['queries'])} queries)")
+
+
+def _portable(cell: dict) -> dict:
+    return {k: v for k, v in cell.items() if k != "key"}
+
+
+def _score_remote(description: dict, memo: str, dataset, shots, abnormal_shots, cell) -> tuple[dict, float]:
+    """Pool task: re-create the method (once per worker) and score one cell."""
+    method = method_from_payload(description, memo)
+    started = time.perf_counter()
+    payload = score_cell(method, dataset, shots, abnormal_shots, cell, {})
+    return payload, time.perf_counter() - started
+
+
+def score_cell(method: Method, dataset: str, shots: Sequence[int], abnormal_shots: int, cell: dict,
+               masks_for: dict) -> dict:
+    """Score one (category, seed) draw for every k; tidy rows and per-query scores as JSON-ready columns.
+
+    ``masks_for`` keeps the last category's query masks: queries repeat across seeds (references come
+    from the pool), so their masks are read once.
+    """
+    category, seed, episodes, queries = cell["category"], cell["seed"], cell["episodes"], cell["queries"]
+    longest = episodes[shots[-1]]
+    scores_by_k = method.predict_shots(longest.queries, References.from_episode(longest), shots, cell["with_pixel"])
+    masks = None
+    if cell["with_pixel"]:
+        if masks_for.get(category, (None,))[0] != longest.queries:
+            size = next(iter(scores_by_k.values())).pixel.shape[-1]
+            masks_for[category] = (longest.queries, load_masks(queries["mask_path"].tolist(), longest.queries, size))
+        masks = masks_for[category][1]
+    labels = queries["label"].to_numpy()
+    tidy_rows, score_parts = [], []
+    for k, scores in scores_by_k.items():
+        for domain, keep in _domain_groups(queries):
+            if len(np.unique(labels[keep])) < 2:
+                continue  # AUROC is undefined without both normal and anomalous queries
+            values = image_metrics(labels[keep], scores.image[keep])
+            if masks is not None and masks[keep].any():
+                values.update(pixel_metrics(masks[keep], scores.pixel[keep]))
+            base = dict(dataset=dataset, category=category, domain=domain, method=method.name, shots=k,
+                        abnormal_shots=abnormal_shots, seed=seed)
+            tidy_rows += [dict(base, metric=name, value=float(v)) for name, v in values.items()]
+        score_parts.append(pd.DataFrame(dict(
+            dataset=dataset, category=category, domain=queries["domain"].to_numpy(), method=method.name,
+            shots=k, abnormal_shots=abnormal_shots, seed=seed, image_path=longest.queries,
+            label=labels, defect=queries["defect"].to_numpy(), score=scores.image)))
+    tidy = pd.DataFrame(tidy_rows, columns=TIDY_COLUMNS)
+    return dict(tidy=frame_payload(tidy), scores=frame_payload(pd.concat(score_parts, ignore_index=True)))
 
 
 PROTOCOLS = ("label-free", "type-matched")
@@ -128,22 +291,58 @@ def evaluate_type_matched(frame: pd.DataFrame, method: Method, dataset: str, sho
     matching abnormal example is worth, not what a user without labels would get (the default,
     label-free protocol of :func:`evaluate`).
     """
-    categories = list(categories) if categories is not None else sorted(frame["category"].unique())
     parts, scores, episodes = [], [], []
-    for category in categories:
-        rows = frame[frame["category"] == category]
-        types = sorted(rows.loc[(rows["split"] == "test") & (rows["label"] == 1), "defect"].astype(str).unique())
-        for defect in tqdm(types, desc=f"{dataset}/{category} {method.name} type-matched", unit="type",
-                           disable=not progress):
-            keep = (frame["category"] == category) & ((frame["label"] == 0) | (frame["defect"].astype(str) == defect))
-            result = evaluate(frame[keep], method, dataset, shots, seeds, abnormal_shots, "real", [category],
-                              progress=False)
-            parts.append(result.tidy.assign(defect=defect))
-            scores.append(result.scores.assign(reference_defect=defect))
-            episodes += result.episodes
+    for category, defect, view in tqdm(list(type_matched_views(frame, categories)), unit="type",
+                                       desc=f"{dataset} {method.name} type-matched", disable=not progress):
+        result = evaluate(view, method, dataset, shots, seeds, abnormal_shots, "real", [category], progress=False)
+        parts.append(result.tidy.assign(defect=defect))
+        scores.append(result.scores.assign(reference_defect=defect))
+        episodes += result.episodes
     per_type = pd.concat(parts, ignore_index=True)
     tidy = per_type.groupby(TIDY_COLUMNS[:-1], as_index=False, sort=False)["value"].mean()[TIDY_COLUMNS]
     return StudyResult(tidy=tidy, episodes=episodes, scores=pd.concat(scores, ignore_index=True), per_type=per_type)
+
+
+def type_matched_views(frame: pd.DataFrame, categories: Sequence[str] | None = None):
+    """``(category, defect type, view)``: the category's normal images and that type's anomalies."""
+    categories = list(categories) if categories is not None else sorted(frame["category"].unique())
+    for category in categories:
+        rows = frame[frame["category"] == category]
+        types = sorted(rows.loc[(rows["split"] == "test") & (rows["label"] == 1), "defect"].astype(str).unique())
+        for defect in types:
+            keep = (frame["category"] == category) & ((frame["label"] == 0) | (frame["defect"].astype(str) == defect))
+            yield category, defect, frame[keep]
+
+
+def prefetch(requests: Sequence[dict], progress: bool = True, workers: int | None = None) -> None:
+    """Compute every missing cell of several :func:`run_evaluation` calls at once (one schedule), so that
+    the calls themselves then read their cells from the store.
+
+    Args:
+        requests: keyword arguments of :func:`run_evaluation` (``dataset``, ``method``, ``shots``,
+            ``seeds``, ``abnormal_shots``, ``abnormal_source``, ``categories``, ``max_per_group``,
+            ``protocol``, ``method_params``); ``method`` must be a ready Method or a name.
+    """
+    from gadlib.data.load import load_dataset, subsample
+    from gadlib.methods import create_method
+
+    evaluations = []
+    for request in requests:
+        request = dict(request)
+        name, frame = load_dataset(request["dataset"])
+        frame = subsample(frame, request.get("max_per_group"))
+        method = request.get("method", "knn")
+        if isinstance(method, str):
+            method = create_method(method, **dict(request.get("method_params") or {}, progress=False))
+        common = dict(method=method, dataset=name, shots=request.get("shots", (1, 2, 4, 8)),
+                      seeds=request.get("seeds", (0, 1, 2)), abnormal_shots=request.get("abnormal_shots", 0))
+        if request.get("protocol", "label-free") == "type-matched":
+            evaluations += [dict(common, frame=view, categories=[category])
+                            for category, _, view in type_matched_views(frame, request.get("categories"))]
+        else:
+            evaluations.append(dict(common, frame=frame, categories=request.get("categories"),
+                                    abnormal_source=request.get("abnormal_source", "real")))
+    evaluate_many(evaluations, progress, workers=workers, results=False)
 
 
 def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[int] = (1, 2, 4, 8),
@@ -151,7 +350,7 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
                    method_params: dict | None = None, checkpoint: str | Path | None = None,
                    abnormal_shots: int = 0, abnormal_source: str = "real",
                    categories: Sequence[str] | None = None, max_per_group: int | None = None,
-                   protocol: str = "label-free", progress: bool = True) -> StudyResult:
+                   protocol: str = "label-free", progress: bool = True, write_scores: bool = True) -> StudyResult:
     """Load a dataset, build (or load) a method, evaluate it and write a run folder.
 
     This is what ``gad evaluate`` and the notebooks call, so both give the same numbers.
@@ -168,6 +367,8 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
         max_per_group: subsample to at most this many images per (category, split, label) — for
             previews and tests only, never for reported numbers.
         progress: show progress bars.
+        write_scores: also write the per-query scores (``scores.csv.gz``) into ``out``; the study's
+            notebooks leave them out of ``results/`` (the result store keeps them).
     """
     from gadlib.data.load import load_dataset, subsample
     from gadlib.methods import create_method
@@ -206,5 +407,5 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
         cache = getattr(model, "feature_cache", None)
         if cache is not None:
             record["backbone_key"] = cache().backbone.key()
-        write_run(folder, result, record)
+        write_run(folder, result, record, write_scores)
     return result

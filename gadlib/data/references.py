@@ -9,6 +9,7 @@ are drawn by their own seeded stream, so they are the same for every k.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,8 +131,11 @@ def simulate_references(sources: list[str], seed: int, target: str, out_dir: Pat
         image, mask = cut_paste(load_rgb(source), rng)
         stem = f"{zlib.crc32(f'{target}|{source}|{seed}|{i}'.encode()):08x}"
         image_file, mask_file = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
-        Image.fromarray(image).save(image_file)
-        Image.fromarray(mask * 255).save(mask_file)
+        if not (image_file.is_file() and mask_file.is_file()):   # deterministic: a re-run writes nothing
+            for array, file in ((mask * 255, mask_file), (image, image_file)):
+                scratch = file.with_name(f".{file.stem}.tmp{os.getpid()}.png")
+                Image.fromarray(array).save(scratch)
+                os.replace(scratch, file)     # an interrupted run never leaves half a PNG behind
         images.append(str(image_file))
         masks.append(str(mask_file))
     return images, masks

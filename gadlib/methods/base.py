@@ -55,6 +55,9 @@ class Method:
 
     name: str = "method"
     scoring_params: tuple[str, ...] = ()   # hyper-parameters that may change after fitting
+    # False for methods that never look at abnormal references: their result store cells are shared by
+    # episodes that differ only in those (e.g. m = 0 and m = 1 simulated references).
+    reads_abnormal_references: bool = True
 
     def get_params(self) -> dict:
         """Hyper-parameters as given to ``__init__`` (scikit-learn style)."""

@@ -93,6 +93,7 @@ class InCTRL(BackboneFeatures, Method):
     """
 
     scoring_params = ("sigma", "search", "query_batch", "cache_dir")
+    reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, neighbourhood: int = 3,

@@ -45,6 +45,8 @@ class KNNResidual(BackboneFeatures, Method):
         progress: show progress bars.
     """
 
+    reads_abnormal_references = False
+
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
                  metric: str = "l2", sigma: float = 4.0, reduction: str = "max", vod_channel: str = "none",

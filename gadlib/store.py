@@ -1,0 +1,187 @@
+"""The study's one result store: every evaluation cell is computed once and reused by every notebook.
+
+A *cell* is one method scored on one category of one target with one seeded reference draw, for every
+k at once (the references are nested across k). Its address is a digest of everything that determines
+its numbers:
+
+* the method: its name, its hyper-parameters (those that only change speed or printing are left out),
+  the digest of its learned tensors (so a retrained checkpoint is a new cell) and its backbone key
+  (model, weights digest, levels, image size);
+* the draw: every episode (reference and query paths, seed, abnormal-reference source), the queries'
+  labels, domains, defect types and mask paths, and the bytes of every image and mask involved; for a
+  method that never reads abnormal references (``Method.reads_abnormal_references``) they are left out,
+  so its cells are shared by episodes that differ only in those (m = 0 and m simulated references);
+* the code: a digest of the library files that compute features, train, score and measure
+  (:func:`code_digest`), plus the torch and timm versions.
+
+Cells live under ``<cache>/results`` (``$GADLIB_CACHE``, see :func:`gadlib.cache.default_cache_dir`) as
+one gzipped JSON file each, written atomically, so a killed study keeps every finished cell and a
+re-run computes only the missing ones. Trained checkpoints are keyed the same way
+(:func:`gadlib.training.checkpoint_path` uses :func:`code_digest` of the training code).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# What training reads: features, data, simulation, kernels, modules, methods and the training loop.
+TRAINING_CODE = ("training.py", "gaps.py", "backbones.py", "cache.py", "data", "kernels", "modules", "methods")
+# What an evaluation cell reads on top of that: episodes and scoring loop, metrics.
+EVALUATION_CODE = TRAINING_CODE + ("study.py", "metrics.py")
+# Hyper-parameters that change how fast or how loudly a method runs, never its numbers.
+NOT_IN_KEY = ("progress", "device", "cache_dir", "query_batch")
+
+
+@lru_cache(maxsize=None)
+def code_digest(parts: tuple[str, ...] = EVALUATION_CODE) -> str:
+    """SHA-256 (16 hex digits) of the library files under ``parts`` and the torch / timm versions.
+
+    Replaces a hand-bumped version number: any edit of code that can change a result changes the key.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        path = PACKAGE_ROOT / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(PACKAGE_ROOT)).encode())
+            digest.update(file.read_bytes())
+    for package in ("torch", "timm"):
+        try:
+            digest.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}=none".encode())
+    return digest.hexdigest()[:16]
+
+
+def tensors_digest(tensors: dict) -> str:
+    """SHA-256 (16 hex digits) of named tensors' names, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def method_identity(method) -> dict:
+    """What a method contributes to a cell's key (see the module docstring)."""
+    params = {k: v for k, v in sorted(method.get_params().items()) if k not in NOT_IN_KEY}
+    identity = dict(name=method.name, params=json.loads(json.dumps(params, default=str)),
+                    state=tensors_digest(method.fitted_state()),
+                    reads_abnormal=bool(getattr(method, "reads_abnormal_references", True)))
+    cache = getattr(method, "feature_cache", None)
+    if cache is not None:
+        identity["backbone"] = cache().backbone.key()
+    return identity
+
+
+def files_digest(paths) -> str:
+    """One digest of the bytes of every file in ``paths`` (``None`` entries are skipped)."""
+    from gadlib.cache import image_digest
+
+    digest = hashlib.sha256()
+    for path in sorted({str(p) for p in paths if p is not None and not (isinstance(p, float) and p != p)}):
+        digest.update(f"{path}={image_digest(path)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def cell_key(identity: dict, dataset: str, episodes: list, queries: pd.DataFrame, with_pixel: bool) -> str:
+    """The address of one cell: method identity, episodes (all k), query metadata, file bytes, code."""
+    from dataclasses import asdict
+
+    records = [asdict(ep) for ep in episodes]
+    if not identity.get("reads_abnormal"):     # m = 0 or m simulated references: the same numbers
+        for record in records:
+            for name in ("abnormal_refs", "abnormal_masks", "abnormal_source", "notes"):
+                record.pop(name)
+    meta = queries[["label", "domain", "defect", "mask_path"]].astype(str).to_numpy().tolist()
+    files = [p for ep in episodes for p in ep.normal_refs]
+    if identity.get("reads_abnormal"):
+        files += [p for ep in episodes for p in ep.abnormal_refs + list(ep.abnormal_masks)]
+    files += queries.index.tolist() + queries["mask_path"].tolist()
+    config = dict(code=code_digest(), method=identity, dataset=dataset, episodes=records, queries=meta,
+                  files=files_digest(files), with_pixel=bool(with_pixel))
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class ResultStore:
+    """Cells on disk: ``get``, ``put`` and ``compute`` (get, else compute and put).
+
+    Args:
+        root: folder of the cells; default ``<cache>/results``.
+
+    ``computed`` and ``reused`` count this process's cells; every computed key is also appended to
+    ``<root>/computed.log`` (one line per cell), which tells a test which cells a run computed.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        from gadlib.cache import default_cache_dir
+
+        self.root = Path(root) if root is not None else default_cache_dir() / "results"
+        self.computed = 0
+        self.reused = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json.gz"
+
+    def get(self, key: str) -> dict | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def put(self, key: str, payload: dict) -> None:
+        """Write a cell atomically (a temporary sibling, then a rename)."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{key}.{os.getpid()}.tmp")
+        with gzip.open(scratch, "wt", encoding="utf-8") as handle:
+            json.dump(payload, handle)
+        os.replace(scratch, path)
+        with open(self.root / "computed.log", "a", encoding="utf-8") as log:
+            log.write(key + "\n")
+
+    def compute(self, key: str, work: Callable[[], dict]) -> tuple[dict, bool]:
+        """The cell's payload and whether it was reused (``work`` runs only when the cell is missing)."""
+        found = self.get(key)
+        if found is not None:
+            self.reused += 1
+            return found, True
+        payload = work()
+        self.put(key, payload)
+        self.computed += 1
+        return payload, False
+
+
+def frame_payload(frame: pd.DataFrame) -> dict:
+    """A DataFrame as JSON-ready columns (exact floats: JSON keeps float64 round trips)."""
+    return {column: frame[column].tolist() for column in frame.columns}
+
+
+def payload_frame(columns: dict, order: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    return frame[order] if order else frame
+
+
+_DEFAULT: dict[str, ResultStore] = {}
+
+
+def default_store() -> ResultStore:
+    """The process's store under the current cache folder (follows ``$GADLIB_CACHE``)."""
+    from gadlib.cache import default_cache_dir
+
+    root = str(default_cache_dir() / "results")
+    if root not in _DEFAULT:
+        _DEFAULT[root] = ResultStore(root)
+    return _DEFAULT[root]
