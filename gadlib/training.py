@@ -8,12 +8,17 @@
   never includes a reference.
 * :func:`train_or_load` fits a method once per configuration and keeps the checkpoint in the cache,
   so a second ``make study`` reuses it; the epoch count is fixed in advance (the last epoch is kept).
+  The configuration's key holds a digest of the training code itself (:func:`gadlib.store.code_digest`),
+  so an edit of that code retrains instead of silently reusing a stale checkpoint.
+* :func:`train_all` trains the missing checkpoints of several configurations in a process pool
+  (:mod:`gadlib.parallel`), then loads them all.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +31,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gadlib.cache import FeatureCache, default_cache_dir
+from gadlib.progress import report
+from gadlib.store import TRAINING_CODE, code_digest
 
-# Bump when training code changes in a way that changes checkpoints: old ones are then retrained.
-TRAINING_VERSION = 1
 SIMULATORS = ("cut_paste", "noise_blob")
 
 
@@ -223,7 +228,7 @@ def checkpoint_path(method: str, params: dict, source: str | Sequence[str], cate
         source = source[0] if len(source) == 1 else list(source)
     config = dict(method=method, params=_jsonable_params(params), source=source,
                   categories=sorted(categories) if categories is not None else None,
-                  backbone=backbone_key, version=TRAINING_VERSION)
+                  backbone=backbone_key, code=code_digest(TRAINING_CODE))
     for name, value in (("defects", defects), ("normal_splits", normal_splits)):
         if value is not None:       # absent from the keys of sources without the filter
             config[name] = sorted(value)
@@ -247,14 +252,62 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
     key = model.feature_cache().backbone.key()
     path = checkpoint_path(method, model.get_params(), source, categories, key, defects=defects,
                            normal_splits=normal_splits)
+    label = f"{method} on {source if isinstance(source, str) else '+'.join(source)}" + (
+        f" {dict(sorted(_jsonable_params(params).items()))}" if _jsonable_params(params) else "")
+    started = time.perf_counter()
     if path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file():
         model = Method.load(path, progress=progress)
+        report("train", label, time.perf_counter() - started, reused=True)
     else:
         model.fit(load_source(source, categories, defects, normal_splits))
         model.save(path)
+        report("train", label, time.perf_counter() - started, reused=False)
     if out is not None:
         model.save(out)
     return model, path
+
+
+def _train_remote(job: dict) -> str:
+    """Pool task: train (or find) one configuration's checkpoint; returns its path."""
+    return str(train_or_load(**job, progress=False)[1])
+
+
+def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None = None) -> list:
+    """:func:`train_or_load` for several configurations; the missing ones are trained in a pool.
+
+    Args:
+        jobs: keyword arguments of :func:`train_or_load` (``method``, ``source``, ``categories``,
+            ``params``, ``defects``, ``normal_splits``), one dict per configuration.
+        workers: processes (:func:`gadlib.parallel.layout`); 1 trains one after another here.
+    Returns:
+        ``(fitted method, checkpoint path)`` per job, in order.
+    """
+    from gadlib.parallel import layout, pool, submit
+
+    n_workers, threads = layout(workers)
+    if n_workers > 1:
+        from gadlib.methods import create_method
+
+        missing = []
+        for job in jobs:
+            model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
+            path = checkpoint_path(job["method"], model.get_params(), job["source"], job.get("categories"),
+                                   model.feature_cache().backbone.key(), defects=job.get("defects"),
+                                   normal_splits=job.get("normal_splits"))
+            if not path.with_suffix(".safetensors").is_file():
+                missing.append(job)
+        if len(missing) > 1:
+            # Source features first, here: workers must not extract the same images twice.
+            for job in missing:
+                model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
+                frame = load_source(job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"))
+                model.feature_cache().ensure(frame["image_path"].tolist())
+            bar = tqdm(total=len(missing), desc="training", unit="model", disable=not progress)
+            for future in [submit(pool(n_workers, threads), _train_remote, job) for job in missing]:
+                future.result()
+                bar.update()
+            bar.close()
+    return [train_or_load(**job, progress=progress) for job in jobs]
 
 
 def optimise(step, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, desc: str, progress: bool,
