@@ -19,11 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 study: $(STAMP)
-	$(BIN)/gad notebook notebooks/00_quickstart.ipynb $(STUDY_OUT)/quickstart
-	$(BIN)/gad notebook notebooks/20_cross_domain.ipynb $(STUDY_OUT)/cross_domain
-	$(BIN)/gad notebook notebooks/25_normal_abnormal.ipynb $(STUDY_OUT)/normal_abnormal
-	$(BIN)/gad notebook notebooks/10_residual_space.ipynb $(STUDY_OUT)/residual_space
-	$(BIN)/gad notebook notebooks/30_three_gaps.ipynb $(STUDY_OUT)/three_gaps
+	$(BIN)/gad study --out $(STUDY_OUT)
 	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table

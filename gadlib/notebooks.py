@@ -1,6 +1,7 @@
 """Execute parameterised notebooks with papermill into an atomically replaced results folder."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,14 @@ def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None 
     beside them. Everything lands in a temporary folder that replaces ``out`` only on success.
     """
     import papermill
+    from traitlets.config import Config
 
+    # The kernel talks to papermill over local sockets. Over TCP (the default) every kernel warns that the
+    # traffic is unencrypted; IPC sockets are files in the user's private Jupyter runtime folder, so there
+    # is nothing to warn about. Windows has no IPC transport and keeps TCP.
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
     notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
@@ -24,6 +32,6 @@ def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None 
         papermill.execute_notebook(str(notebook), str(folder / notebook.name),
                                    parameters=dict(parameters or {}, out_dir=str(folder)),
                                    kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
-                                   progress_bar=False)
+                                   progress_bar=False, config=config)
         (folder / "runtime_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     return out / notebook.name

@@ -1,0 +1,371 @@
+"""``gad study``: run the study's notebooks one after another and say, while they run, how far along they are.
+
+Each notebook runs in its own kernel (:func:`gadlib.notebooks.run_notebook`), so nothing it prints reaches the
+terminal. The library inside the kernel appends progress events to the file named by ``$GADLIB_PROGRESS``
+(:mod:`gadlib.progress`); this runner points that variable at a fresh file per notebook and, every
+``interval`` seconds, prints a status line from it: elapsed times, cells computed / reused, models trained /
+loaded, images featurised, the last event, and the time left.
+
+The time left comes from the previous run of the same kind, recorded in ``<out>/study_time.json``:
+
+* ``cold_seconds``: the last full run that started from an empty cache (no features, results or checkpoints);
+* ``warm_seconds``: the last full run that computed nothing (every cell, model and feature reused);
+* ``last_partial``: the last full run that was neither.
+
+Each entry holds the total and per-notebook seconds, the cell counts, the date, the cores, the torch threads
+and the git commit of that run. Only runs of the whole notebook list are recorded (not ``--only``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from gadlib.progress import PROGRESS_ENV, read_events
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMES_FILE = "study_time.json"
+COLD, WARM, PARTIAL = "cold_seconds", "warm_seconds", "last_partial"
+# The cache folders whose contents a run can reuse; weights and generated datasets do not make a run warm.
+REUSABLE = ("features", "results", "checkpoints")
+# On Python 3.11+ a kernel started without -Xfrozen_modules=off (a python3 kernelspec other than the one
+# `make venv` installs) warns that the debugger may miss breakpoints; no one debugs a papermill kernel, so
+# on the study's terminal that warning is noise.
+KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+
+@dataclass(frozen=True)
+class StudyNotebook:
+    """One notebook of the study and the results folder (under the output root) it writes."""
+
+    name: str
+    path: Path
+
+
+# The study, in the order `make study` runs it: the one place this list lives.
+STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
+    StudyNotebook(name, REPO_ROOT / "notebooks" / file) for file, name in (
+        ("00_quickstart.ipynb", "quickstart"),
+        ("20_cross_domain.ipynb", "cross_domain"),
+        ("25_normal_abnormal.ipynb", "normal_abnormal"),
+        ("10_residual_space.ipynb", "residual_space"),
+        ("30_three_gaps.ipynb", "three_gaps"),
+    ))
+
+
+class StudyError(RuntimeError):
+    """A notebook of the study failed; the message names it, the cell and the exception."""
+
+
+@dataclass
+class Tally:
+    """What one notebook's progress events add up to."""
+
+    cells_computed: int = 0
+    cells_reused: int = 0
+    models_trained: int = 0
+    models_loaded: int = 0
+    images: int = 0
+    last_label: str | None = None
+
+    @property
+    def cells(self) -> int:
+        return self.cells_computed + self.cells_reused
+
+
+COUNTS = ("cells_computed", "cells_reused", "models_trained", "models_loaded", "images")
+
+
+def tally(events: Sequence[dict]) -> Tally:
+    """Count the events of :mod:`gadlib.progress` (cells, models, images) and keep the last label."""
+    counts = Tally()
+    for event in events:
+        kind, reused = event.get("kind"), bool(event.get("reused"))
+        if kind == "cell":
+            if reused:
+                counts.cells_reused += 1
+            else:
+                counts.cells_computed += 1
+        elif kind == "train":
+            if reused:
+                counts.models_loaded += 1
+            else:
+                counts.models_trained += 1
+        elif kind == "features" and not reused:
+            counts.images += int(event.get("count", 0))
+        counts.last_label = event.get("label", counts.last_label)
+    return counts
+
+
+def estimate_left(elapsed: float, cells_done: int, previous_seconds: float | None,
+                  previous_cells: int | None) -> float | None:
+    """Seconds a notebook still needs, judged from its previous run of the same kind.
+
+    Two readings of the previous run: by time (it took ``previous_seconds``, ``elapsed`` have passed) and by
+    work (``cells_done`` of its ``previous_cells`` are done, so that share of its time is left). Training and
+    feature extraction come before the cells, so the time reading is right while no cell is done; once cells
+    arrive the smaller reading wins, which follows a run that goes faster than the last one. When the time
+    reading is spent (this run is slower) only the work reading is left.
+
+    Returns:
+        ``None`` without a previous run; otherwise seconds, ``>= 0``.
+    """
+    if previous_seconds is None:
+        return None
+    by_time = max(previous_seconds - elapsed, 0.0)
+    if not previous_cells or cells_done <= 0:
+        return by_time
+    by_work = previous_seconds * (1.0 - min(cells_done / previous_cells, 1.0))
+    return min(by_time, by_work) if by_time > 0 else by_work
+
+
+def cache_is_empty(cache_root: str | Path) -> bool:
+    """Whether ``cache_root`` holds no features, result cells or checkpoints (a cold run starts there)."""
+    root = Path(cache_root)
+    return not any(path.is_file() for folder in REUSABLE for path in (root / folder).rglob("*"))
+
+
+def read_times(path: str | Path) -> dict:
+    """The recorded study times (``{}`` when the file is missing or unreadable, with a warning for the latter)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        times = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"warning: {path}: not readable JSON ({err}); estimates start over and the next full run "
+              "rewrites it", file=sys.stderr, flush=True)
+        return {}
+    return times if isinstance(times, dict) else {}
+
+
+def run_kind(started_cold: bool, notebooks: dict[str, dict]) -> str:
+    """The study_time.json entry a finished full run goes to: cold, warm (nothing computed) or partial."""
+    if started_cold:
+        return COLD
+    if not any(n["cells_computed"] or n["models_trained"] or n["images"] for n in notebooks.values()):
+        return WARM
+    return PARTIAL
+
+
+def record_times(path: str | Path, kind: str, entry: dict) -> dict:
+    """Set ``kind`` in the JSON at ``path`` to ``entry``, keeping the other entries; write atomically."""
+    path = Path(path)
+    times = read_times(path)
+    times[kind] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(times, stream, indent=1)
+        stream.write("\n")
+    os.replace(scratch, path)        # readers see the old file or the new one, never half of one
+    return times
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``"1m15s"``, ``3725`` -> ``"1h02m"``, ``9`` -> ``"9s"``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def describe(counts: Tally) -> str:
+    """The counts of a notebook as one readable phrase."""
+    return (f"cells {counts.cells_computed} computed / {counts.cells_reused} reused, "
+            f"models {counts.models_trained} trained / {counts.models_loaded} loaded, "
+            f"{counts.images} images featurised")
+
+
+def select(notebooks: Sequence[StudyNotebook], only: Sequence[str] | None) -> list[StudyNotebook]:
+    """The notebooks named in ``only`` (folder names, e.g. ``cross_domain``), in study order; all when None."""
+    if only is None:
+        return list(notebooks)
+    known = {n.name for n in notebooks}
+    unknown = [name for name in only if name not in known]
+    if unknown or not only:
+        raise ValueError(f"--only takes notebook names from {', '.join(n.name for n in notebooks)}; "
+                         f"got '{','.join(only)}'")
+    return [n for n in notebooks if n.name in set(only)]
+
+
+def status_line(tag: str, elapsed: float, study_elapsed: float, counts: Tally, previous: dict | None,
+                later_seconds: Sequence[float | None], first: str = "run") -> str:
+    """One status line of a running notebook.
+
+    Args:
+        tag: ``"[2/5] cross_domain"``.
+        elapsed, study_elapsed: seconds since the notebook, and the study, started.
+        counts: the notebook's events so far.
+        previous: this notebook's entry in the previous run of the same kind (``seconds``, ``cells``), or None.
+        later_seconds: the previous seconds of each notebook still to come (None where unknown).
+        first: what this run is the first of, when nothing is known ("run", "warm run").
+    """
+    previous = previous or {}
+    left = estimate_left(elapsed, counts.cells, previous.get("seconds"), previous.get("cells"))
+    if left is None or None in later_seconds:
+        guess = f"no estimate yet (first {first})"
+    elif left == 0 and elapsed > previous["seconds"]:
+        guess = (f"slower than last time ({format_duration(previous['seconds'])}), "
+                 f"then ~{format_duration(sum(later_seconds))} in the study")
+    else:
+        guess = f"~{format_duration(left)} left here, ~{format_duration(left + sum(later_seconds))} in the study"
+    return (f"{tag}: {format_duration(elapsed)} (study {format_duration(study_elapsed)}) | {describe(counts)} "
+            f"| last: {counts.last_label or '-'} | {guess}")
+
+
+def _cell_error(notebook: Path, err: Exception) -> str:
+    """Which cell failed and how, from papermill's error (plain text: colour codes stripped).
+
+    The executed copy is discarded with the failed results folder, and its cell numbers count papermill's
+    injected parameters cell, so the cell is also named by its first line in the committed notebook.
+    """
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err.traceback or []))
+    first_line = next((line.strip() for line in (err.source or "").splitlines() if line.strip()), "")
+    return (f"{notebook}: cell In [{err.exec_count}] (starting `{first_line[:80]}`) raised {err.ename}: "
+            f"{err.evalue}\n{traceback}").rstrip()
+
+
+class _Status(threading.Thread):
+    """Prints a status line every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float, line: Callable[[], str], emit: Callable[[str], None]):
+        super().__init__(daemon=True)
+        self.interval, self.line, self.emit = interval, line, emit
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.emit(self.line())
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+class _KernelEnv:
+    """Set the kernels' environment variables for one notebook, and put the old values back after."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values, self.saved = values, {}
+
+    def __enter__(self) -> None:
+        self.saved = {key: os.environ.get(key) for key in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None = None, interval: float = 30.0,
+              notebooks: Sequence[StudyNotebook] | None = None, parameters: dict | None = None,
+              emit: Callable[[str], None] = _print) -> dict:
+    """Run the study's notebooks into ``out/<name>``, printing progress; record the times of a full run.
+
+    Args:
+        out: output root; notebook ``name`` writes ``out/name`` and the times go to ``out/study_time.json``.
+        only: names of a subset to run (then nothing is recorded).
+        interval: seconds between status lines.
+        notebooks: the study (default :data:`STUDY_NOTEBOOKS`); tests pass their own.
+        parameters: papermill parameters given to every notebook (default: each notebook's own).
+        emit: where lines go (default: stdout, flushed).
+    Returns:
+        The run's record: ``seconds``, per-notebook ``notebooks`` and, for a full run, ``kind``.
+    Raises:
+        StudyError: a notebook failed (the message names the notebook, the cell and the exception).
+        ValueError: an unknown name in ``only`` or a non-positive ``interval``.
+    """
+    import torch
+
+    from gadlib.cache import default_cache_dir
+    from gadlib.results import git_commit
+
+    if interval <= 0:
+        raise ValueError(f"--interval must be a positive number of seconds, got {interval}")
+    chosen, out = select(STUDY_NOTEBOOKS if notebooks is None else notebooks, only), Path(out)
+    for notebook in chosen:
+        if not notebook.path.is_file():
+            raise StudyError(f"{notebook.path}: notebook not found; run `gad study` from a checkout of the "
+                             "repository (pip install -e .)")
+    # Kernels run in the notebooks' folder: a relative cache path must mean the same folder there as here.
+    cache_root = default_cache_dir().resolve()
+    started_cold = cache_is_empty(cache_root)
+    times_path = out / TIMES_FILE
+    times = read_times(times_path)
+    history = times.get(COLD) if started_cold else (times.get(WARM) or times.get(PARTIAL))
+    previous = (history or {}).get("notebooks", {})
+    first = "run" if not times else ("cold run" if started_cold else "warm run")
+    emit(f"study: {len(chosen)} notebook(s) -> {out}/; cache {cache_root} "
+         f"({'empty: a cold run' if started_cold else 'holds earlier work: a warm run'})")
+    study_start, record = time.perf_counter(), {}
+    with tempfile.TemporaryDirectory(prefix="gadlib-progress-") as events_dir:
+        for index, notebook in enumerate(chosen):
+            kernel_env = dict(KERNEL_ENV, GADLIB_CACHE=str(cache_root))
+            kernel_env[PROGRESS_ENV] = str(Path(events_dir) / f"{notebook.name}.jsonl")
+            later = [previous.get(n.name, {}).get("seconds") for n in chosen[index + 1:]]
+            record[notebook.name] = _run_one(notebook, f"[{index + 1}/{len(chosen)}] {notebook.name}", out,
+                                             parameters, kernel_env, interval, emit, study_start,
+                                             previous.get(notebook.name), later, first)
+    total = time.perf_counter() - study_start
+    emit(f"study: done in {format_duration(total)}")
+    width = max(len(name) for name in record)
+    for name, entry in record.items():
+        counts = Tally(**{k: entry[k] for k in COUNTS})
+        emit(f"  {name:{width}s}  {format_duration(entry['seconds']):>7s}  {describe(counts)}")
+    result = dict(seconds=round(total, 1), notebooks=record)
+    if only is None:
+        kind = run_kind(started_cold, record)
+        result.update(kind=kind, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      cores=os.cpu_count(), torch_threads=torch.get_num_threads(), commit=git_commit(REPO_ROOT))
+        record_times(times_path, kind, {k: v for k, v in result.items() if k != "kind"})
+        emit(f"study: times recorded as '{kind}' in {times_path}")
+    return result
+
+
+def _run_one(notebook: StudyNotebook, tag: str, out: Path, parameters: dict | None, kernel_env: dict[str, str],
+             interval: float, emit: Callable[[str], None], study_start: float, previous: dict | None,
+             later_seconds: list[float | None], first: str) -> dict:
+    """Run one notebook with a status line every ``interval`` seconds; its seconds and counts."""
+    from gadlib.notebooks import run_notebook
+
+    events = kernel_env[PROGRESS_ENV]
+    emit(f"{tag}: started" + (f" (last time {format_duration(previous['seconds'])})" if previous else ""))
+    start = time.perf_counter()
+
+    def status() -> str:
+        return status_line(tag, time.perf_counter() - start, time.perf_counter() - study_start,
+                           tally(read_events(events)), previous, later_seconds, first)
+
+    watcher = _Status(interval, status, emit)
+    try:
+        with _KernelEnv(kernel_env):
+            watcher.start()
+            run_notebook(notebook.path, out / notebook.name, parameters)
+    except Exception as err:        # re-raised with the notebook named: nothing is swallowed
+        from papermill.exceptions import PapermillExecutionError
+
+        emit(f"{tag}: FAILED after {format_duration(time.perf_counter() - start)}")
+        detail = (_cell_error(notebook.path, err) if isinstance(err, PapermillExecutionError)
+                  else f"{notebook.path}: {type(err).__name__}: {err}")
+        raise StudyError(f"{detail}\n{out / notebook.name} was left as it was; fix the notebook and rerun "
+                         f"`gad study --only {notebook.name}`") from err
+    finally:
+        watcher.stopped.set()
+        watcher.join()
+    counts, seconds = tally(read_events(events)), time.perf_counter() - start
+    emit(f"{tag}: done in {format_duration(seconds)} ({describe(counts)}) -> {out / notebook.name}")
+    return dict(seconds=round(seconds, 1), cells=counts.cells, **{k: getattr(counts, k) for k in COUNTS})
