@@ -185,13 +185,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_run(folder: Path, result, params: dict) -> None:
-    """Write a StudyResult's files into ``folder`` (normally the temporary one of :func:`atomic_folder`)."""
+def write_run(folder: Path, result, params: dict, write_scores: bool = True) -> None:
+    """Write a StudyResult's files into ``folder`` (normally the temporary one of :func:`atomic_folder`);
+    ``write_scores=False`` leaves out the per-query scores (the largest file)."""
     folder.mkdir(parents=True, exist_ok=True)
     result.tidy.to_csv(folder / "tidy.csv", index=False)
     if getattr(result, "per_type", None) is not None:
         result.per_type.to_csv(folder / "tidy_per_defect_type.csv", index=False)
-    if result.scores is not None:
+    if write_scores and result.scores is not None:
         # mtime=0: the same results give the same bytes (no churn in committed run folders).
         result.scores.to_csv(folder / "scores.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
     episodes = [json.loads(ep.to_json()) for ep in result.episodes]

@@ -211,7 +211,7 @@ def test_three_gaps_writes_tables_figures_and_records(three_gaps):
             "training.csv", "episodes", "parameters.json", "environment.json", "30_three_gaps.ipynb"} <= names
     assert not _errors(three_gaps / "30_three_gaps.ipynb")
     # Every variant of a setting saw the same episodes: one file per setting.
-    assert len(list((three_gaps / "episodes").glob("*.jsonl"))) == 2
+    assert len(list((three_gaps / "episodes").glob("*.jsonl.gz"))) == 2
     training = pd.read_csv(three_gaps / "training.csv")
     assert set(training["source"]) == {"tiny", "tiny scratch"} and "kNN" not in set(training["variant"])
 
