@@ -335,3 +335,81 @@ def time_study(notebook: str | Path = "notebooks/00_quickstart.ipynb", out: str 
         Path(out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(out) / "study_time.csv", index=False)
     return table
+
+
+def bench_layouts(layouts=((1, 0), (2, 1)), dataset: str = "elpv", methods=("knn", "nagl", "resad"),
+                    seeds=(0, 1, 2), shots=(1, 2, 4, 8), max_per_group: int | None = 150,
+                    train_jobs: int = 2, out=None):
+    """Wall time of the same study work under each ``(workers, threads)`` layout; 0 threads = every core.
+
+    The work is what a notebook does: one :func:`gadlib.study.evaluate` call per method (one cell per
+    seed, every k; trained methods get a one-step fit, their inference costs the same) with warm features
+    and no result store, then ``train_jobs`` small NAGL trainings through :func:`gadlib.training.train_all`
+    (each layout in its own checkpoint folder). Writes ``layouts.csv`` to ``out`` when given.
+    """
+    import os
+
+    from gadlib.data.load import load_dataset, subsample
+    from gadlib.methods import create_method, needs_training
+    from gadlib.study import evaluate
+    from gadlib.parallel import cores
+    from gadlib.training import load_source, train_all
+
+    name, frame = load_dataset(dataset)
+    frame = subsample(frame, max_per_group)
+    models = {}
+    for method in methods:
+        model = create_method(method, **(TINY_FIT if needs_training(method) else {}), progress=False)
+        models[method] = model.fit(load_source("synth", ["tile", "washer"])) if needs_training(method) else model
+        model.feature_cache().ensure(frame["image_path"].tolist())
+    rows, default_threads = [], torch.get_num_threads()
+    for workers, threads in layouts:
+        threads = threads or max(1, cores() // workers)
+        torch.set_num_threads(threads if workers == 1 else default_threads)
+        try:
+            # Untimed warm-up: a pool's workers start once per notebook kernel (torch import, backbone load).
+            evaluate(frame, models[methods[0]], name, shots[:1], seeds, store=False, workers=workers, progress=False)
+            for method, model in models.items():
+                started = time.perf_counter()
+                evaluate(frame, model, name, shots, seeds, store=False, workers=workers, progress=False)
+                rows.append(dict(work=f"score {method}", workers=workers, threads=threads,
+                                 seconds=time.perf_counter() - started))
+            previous = os.environ.get("GADLIB_CACHE")
+            with tempfile.TemporaryDirectory(prefix="gadlib-layout-") as root:
+                os.environ["GADLIB_CACHE"] = root
+                jobs = [dict(method="nagl", source="synth", categories=["tile", "washer"],
+                             params=dict(epochs=2, steps_per_epoch=25, seed=seed)) for seed in range(train_jobs)]
+                started = time.perf_counter()
+                train_all(jobs, progress=False, workers=workers)
+                rows.append(dict(work=f"train {train_jobs} x nagl", workers=workers, threads=threads,
+                                 seconds=time.perf_counter() - started))
+                if previous is None:
+                    os.environ.pop("GADLIB_CACHE")
+                else:
+                    os.environ["GADLIB_CACHE"] = previous
+        finally:
+            torch.set_num_threads(default_threads)
+    table = pd.DataFrame(rows).assign(dataset=dataset, max_per_group=max_per_group)
+    if out is not None:
+        from gadlib.results import to_markdown
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        table.to_csv(Path(out) / "layouts.csv", index=False)
+        (Path(out) / "layouts.md").write_text(to_markdown(layouts_table(table)) + (
+            f"\nSeconds on {dataset} (at most {max_per_group} images per group), 3 seeds x k = 1, 2, 4, 8 per "
+            "method (trained methods after a one-step fit), warm features, no result store; training: small NAGL "
+            "fits side by side. Speed-up = 1 process / pool.\n"))
+    return table
+
+
+def layouts_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per piece of work: seconds under each layout and the pool's speed-up."""
+    table = table.assign(layout=table["workers"].astype(str) + " x " + table["threads"].astype(str))
+    wide = table.pivot_table(index="work", columns="layout", values="seconds", sort=False).round(1)
+    single, pooled = [c for c in wide.columns if c.startswith("1 x")], [c for c in wide.columns if not c.startswith("1 x")]
+    if single and pooled:
+        wide["speed-up"] = (wide[single[0]] / wide[pooled[0]]).round(2)
+    total = wide.sum(numeric_only=True).round(1).to_frame("total").T
+    if single and pooled:
+        total["speed-up"] = round(float(total[single[0]].iloc[0] / total[pooled[0]].iloc[0]), 2)
+    return pd.concat([wide, total]).reset_index(names="work")

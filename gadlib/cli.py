@@ -168,6 +168,27 @@ def notebook(
 
 
 @app.command()
+def study(
+    out: Path = typer.Option(Path("results/embedded"), help="results root: one folder per notebook, study_time.json"),
+    only: Optional[str] = typer.Option(None, help="comma-separated notebook names to run, e.g. quickstart,cross_domain "
+                                                  "(times are then not recorded)"),
+    interval: float = typer.Option(30.0, help="seconds between status lines"),
+) -> None:
+    """Run the study's notebooks in order, printing progress and an estimate of the time left."""
+    from gadlib.study_runner import StudyError, run_study
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
+    try:
+        run_study(out=out, only=names, interval=interval)
+    except ValueError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    except StudyError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def grid(
     datasets: str = typer.Option(..., help="comma-separated dataset specs (elpv, textile, synth, <manifest>:PATH, ...)"),
     methods: str = typer.Option("knn", help="comma-separated registered methods"),
@@ -246,10 +267,12 @@ def bench(
     search_shots: str = typer.Option("8,32", help="k for --search"),
     threads: Optional[str] = typer.Option(None, help="time --methods at k=8 with these torch thread counts, "
                                                      "e.g. 1,2 (writes threads.csv)"),
+    layouts: bool = typer.Option(False, help="time study work (scoring cells, trainings) with 1 process x all "
+                                             "threads against one process per core (writes layouts.csv)"),
 ):
     """Time each method against the backbone alone as k grows (a benchmark, not a test).
 
-    With --threads, --search or --study, those measurements run instead of the main bench.
+    With --threads, --search, --study or --layouts, those measurements run instead of the main bench.
     """
     from gadlib.bench import (bench_search, bench_table, bench_threads, run_bench, search_table,
                               threads_table, time_study)
@@ -261,7 +284,12 @@ def bench(
                                repeats=repeats)
         typer.echo(to_markdown(threads_table(counts)))
         typer.echo(f"wrote {out}/threads.csv, threads.md")
-    if not (threads or search or study):
+    if layouts:
+        from gadlib.bench import bench_layouts, layouts_table
+
+        typer.echo(to_markdown(layouts_table(bench_layouts(out=out))))
+        typer.echo(f"wrote {out}/layouts.csv, layouts.md")
+    if not (threads or search or study or layouts):
         table = run_bench(names, _ints(shots, "--shots"), dataset, queries, [device] if device else None, out=out,
                           repeats=repeats)
         typer.echo(to_markdown(bench_table(table)))

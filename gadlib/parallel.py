@@ -25,6 +25,8 @@ import torch
 WORKERS_ENV = "GADLIB_WORKERS"
 # The library's default is one process (safe in any script); `gad study` sets the measured layout.
 DEFAULT_WORKERS = 1
+# The faster layout on the 2-core CPU this study is run on (results/bench/layouts.md): one process per core.
+STUDY_WORKERS = 2
 
 
 def cores() -> int:

@@ -292,6 +292,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     import torch
 
     from gadlib.cache import default_cache_dir
+    from gadlib.parallel import STUDY_WORKERS, WORKERS_ENV, layout
     from gadlib.results import git_commit
 
     if interval <= 0:
@@ -303,6 +304,8 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
                              "repository (pip install -e .)")
     # Kernels run in the notebooks' folder: a relative cache path must mean the same folder there as here.
     cache_root = default_cache_dir().resolve()
+    # Cells and trainings run side by side in the measured layout unless $GADLIB_WORKERS says otherwise.
+    workers, threads = layout(int(os.environ.get(WORKERS_ENV, STUDY_WORKERS)))
     started_cold = cache_is_empty(cache_root)
     times_path = out / TIMES_FILE
     times = read_times(times_path)
@@ -310,11 +313,12 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     previous = (history or {}).get("notebooks", {})
     first = "run" if not times else ("cold run" if started_cold else "warm run")
     emit(f"study: {len(chosen)} notebook(s) -> {out}/; cache {cache_root} "
-         f"({'empty: a cold run' if started_cold else 'holds earlier work: a warm run'})")
+         f"({'empty: a cold run' if started_cold else 'holds earlier work: a warm run'}); "
+         f"{workers} worker(s) x {threads} thread(s)")
     study_start, record = time.perf_counter(), {}
     with tempfile.TemporaryDirectory(prefix="gadlib-progress-") as events_dir:
         for index, notebook in enumerate(chosen):
-            kernel_env = dict(KERNEL_ENV, GADLIB_CACHE=str(cache_root))
+            kernel_env = dict(KERNEL_ENV, GADLIB_CACHE=str(cache_root), GADLIB_WORKERS=str(workers))
             kernel_env[PROGRESS_ENV] = str(Path(events_dir) / f"{notebook.name}.jsonl")
             later = [previous.get(n.name, {}).get("seconds") for n in chosen[index + 1:]]
             record[notebook.name] = _run_one(notebook, f"[{index + 1}/{len(chosen)}] {notebook.name}", out,
@@ -330,7 +334,8 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     if only is None:
         kind = run_kind(started_cold, record)
         result.update(kind=kind, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      cores=os.cpu_count(), torch_threads=torch.get_num_threads(), commit=git_commit(REPO_ROOT))
+                      cores=os.cpu_count(), torch_threads=torch.get_num_threads(), workers=workers,
+                      threads_per_worker=threads, commit=git_commit(REPO_ROOT))
         record_times(times_path, kind, {k: v for k, v in result.items() if k != "kind"})
         emit(f"study: times recorded as '{kind}' in {times_path}")
     return result
