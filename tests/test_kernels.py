@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from gadlib.kernels.patches import align_levels, local_aggregate, to_patches
-from gadlib.kernels.residual import nearest_neighbour, nearest_per_group, residual
+from gadlib.kernels.residual import nearest_in_first, nearest_in_shots, nearest_neighbour, nearest_per_group, residual
 from gadlib.kernels.scoring import (gaussian_blur, gaussian_kernel1d, image_score, topk_mean, upsample,
                                     upsample_blur)
 
@@ -113,6 +113,59 @@ def test_nearest_per_group_errors(group_size, rows):
         nearest_per_group(torch.zeros(2, 3), torch.zeros(rows, 3), group_size)
     with pytest.raises(ValueError, match="metric"):
         nearest_per_group(torch.zeros(2, 3), torch.zeros(4, 3), 2, metric="dot")
+
+
+# -- nearest_in_shots ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("search", ["exact", "float16"])
+@pytest.mark.parametrize("group_size, groups, shots, chunks", [
+    (4, 6, [1, 2, 4, 6], {}), (4, 6, [3], {"query_chunk": 5, "bank_chunk": 3}),
+    (25, 3, [1, 3], {}), (25, 3, [2, 3], {"query_chunk": 7, "bank_chunk": 10}), (1, 5, [5, 1], {})])
+def test_nearest_in_shots_equals_rows_of_every_group(metric, search, group_size, groups, shots, chunks):
+    gen = torch.Generator().manual_seed(group_size * groups)
+    queries = torch.randn(41, 6, generator=gen)
+    bank = torch.randn(groups * group_size, 6, generator=gen)
+    found = nearest_in_shots(queries, bank, group_size, shots, metric, search=search, **chunks)
+    every = nearest_per_group(queries, bank, group_size, metric, return_index=True, search=search, **chunks)
+    assert sorted(found) == sorted(set(shots))
+    for k in shots:
+        distances, rows = nearest_in_first(*every, k)
+        assert torch.equal(found[k][1], rows) and torch.equal(found[k][0], distances)
+        assert (rows < k * group_size).all()
+
+
+def test_nearest_in_shots_ties_go_to_the_first_group_and_row():
+    # every group holds the same rows, twice over: all groups tie and, in each, two rows tie
+    group = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    bank = group.repeat(3, 1)
+    queries = torch.tensor([[0.0, 0.9], [1.9, 0.1], [1.0, 0.5]])   # nearest: row 0, row 1, a 4-way tie
+    found = nearest_in_shots(queries, bank, 4, [1, 2, 3])
+    every = nearest_per_group(queries, bank, 4, return_index=True)
+    for k in (1, 2, 3):
+        assert found[k][1].tolist() == [0, 1, 0]
+        assert torch.equal(found[k][1], nearest_in_first(*every, k)[1])
+    # an all-zero bank: every row of every group ties
+    zeros = nearest_in_shots(torch.randn(5, 2), torch.zeros(12, 2), 3, [4])
+    assert zeros[4][1].tolist() == [0] * 5
+
+
+def test_nearest_in_shots_faiss_takes_the_direct_path():
+    pytest.importorskip("faiss")
+    queries, bank = _clustered(5)
+    found = nearest_in_shots(queries, bank, 400, [1, 3], search="faiss")
+    exact = nearest_in_shots(queries, bank, 400, [1, 3])
+    for k in (1, 3):
+        assert torch.equal(found[k][1], exact[k][1])
+        torch.testing.assert_close(found[k][0], exact[k][0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shots", [[], [0], [4], [1, 4]])
+def test_nearest_in_shots_errors(shots):
+    with pytest.raises(ValueError, match="shots"):
+        nearest_in_shots(torch.zeros(2, 3), torch.zeros(6, 3), 2, shots)
+    with pytest.raises(ValueError, match="group_size"):
+        nearest_in_shots(torch.zeros(2, 3), torch.zeros(7, 3), 2, [1])
 
 
 # -- residual -----------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate, to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
 from gadlib.kernels.vod import channel_vod_grid, check_vod
-from gadlib.kernels.residual import METRICS, check_search, nearest_in_first, nearest_neighbour, nearest_per_group, residual
+from gadlib.kernels.residual import METRICS, check_search, nearest_in_shots, nearest_neighbour, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
@@ -180,11 +180,13 @@ class ResAD(BackboneFeatures, Method):
         return self._residual(queries, bank, rows)
 
     def _log_likelihood(self, level: int, residuals: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, H, W)`` per-dimension log-likelihood of the constrained residuals."""
+        """``(B, C, H, W) -> (B, H, W)`` per-dimension log-likelihood of the constrained residuals.
+
+        Inference only (the flow's grid path: no gradients); training calls the flow itself.
+        """
         b, c, h, w = residuals.shape
-        constrained = self.constraintors_[level](residuals)
-        positions = self._positions(level, (h, w)).repeat(b, 1)
-        return self.flows_[level].log_likelihood(to_patches(constrained), positions).reshape(b, h, w)
+        constrained = to_patches(self.constraintors_[level](residuals))
+        return self.flows_[level].log_likelihood_grid(constrained, self._positions(level, (h, w))).reshape(b, h, w)
 
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "ResAD":
@@ -271,14 +273,17 @@ class ResAD(BackboneFeatures, Method):
         batches = range(0, len(queries), self.query_batch)
         for start in self._bar(batches):
             for level, features in enumerate(self._features(queries[start:start + self.query_batch])):
+                if self.residual == "none":     # raw features do not depend on k: one flow pass serves all
+                    raw = self._log_likelihood(level, features).cpu()
+                    for k in shots:
+                        log_p[k][level].append(raw)
+                    continue
                 cells = ref_levels[level].shape[-2] * ref_levels[level].shape[-1]
-                found = None
-                if self.residual != "none":
-                    found = nearest_per_group(to_patches(features), banks[level], cells, self.metric,
-                                              return_index=True, search=self.search)
+                found = nearest_in_shots(to_patches(features), banks[level], cells, shots, self.metric,
+                                         search=self.search)
                 for k in shots:
-                    rows = None if found is None else nearest_in_first(*found, k)[1]
-                    log_p[k][level].append(self._log_likelihood(level, self._residual(features, banks[level], rows)).cpu())
+                    res = self._residual(features, banks[level], found[k][1])
+                    log_p[k][level].append(self._log_likelihood(level, res).cpu())
         return {k: self._scores([torch.cat(parts) for parts in log_p[k]], with_pixel) for k in shots}
 
 
