@@ -76,6 +76,7 @@ class ResAD(BackboneFeatures, Method):
     """
 
     scoring_params = ("normalization", "sigma", "reduction", "search", "query_batch", "cache_dir")
+    reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, neighbourhood: int = 1,
