@@ -297,11 +297,19 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
             if not path.with_suffix(".safetensors").is_file():
                 missing.append(job)
         if len(missing) > 1:
-            # Source features first, here: workers must not extract the same images twice.
+            # Source features and simulated anomalies first, here: workers must not make the same twice.
+            prepared = set()
             for job in missing:
                 model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
-                frame = load_source(job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"))
-                model.feature_cache().ensure(frame["image_path"].tolist())
+                cache = model.feature_cache()
+                simulated = getattr(model, "simulated_per_category", 0)
+                key = (json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits")],
+                                  default=str), simulated, getattr(model, "seed", 0), str(cache.folder))
+                if key not in prepared:
+                    prepared.add(key)
+                    frame = load_source(job["source"], job.get("categories"), job.get("defects"),
+                                        job.get("normal_splits"))
+                    SourcePool(frame, cache, simulated, getattr(model, "seed", 0))
             bar = tqdm(total=len(missing), desc="training", unit="model", disable=not progress)
             for future in [submit(pool(n_workers, threads), _train_remote, job) for job in missing]:
                 future.result()

@@ -223,3 +223,25 @@ def test_methods_that_ignore_abnormal_references_share_cells_across_m(suite, tmp
     ignores = method_identity(_knn())
     assert cell_key(ignores, name, zero, queries, True) == cell_key(ignores, name, one, queries, True)
     assert cell_key(reads, name, zero, queries, True) != cell_key(reads, name, one, queries, True)
+
+
+def test_train_all_in_a_pool_gives_the_models_trained_one_after_another(suite, tmp_path, monkeypatch):
+    import torch
+
+    from gadlib.training import train_all
+
+    small = dict(image_size=64, epochs=1, steps_per_epoch=2, simulated_per_category=2)
+    jobs = [dict(method="nagl", source=suite, categories=["tile", "wood_grain"], params=dict(small, seed=seed))
+            for seed in (0, 1)]
+    fitted = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("GADLIB_CACHE", str(tmp_path / f"cache{workers}"))
+        fitted[workers] = train_all(jobs, progress=False, workers=workers)
+        assert all(path.with_suffix(".safetensors").is_file() for _, path in fitted[workers])
+    for (one, _), (two, _) in zip(fitted[1], fitted[2]):
+        a, b = one.fitted_state(), two.fitted_state()
+        assert a.keys() == b.keys()
+        for name in a:            # one thread in a worker, two here: the same model up to float rounding
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    first, second = (model.fitted_state() for model, _ in fitted[2])
+    assert any(not torch.equal(first[n], second[n]) for n in first)      # two seeds, two models
