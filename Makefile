@@ -30,15 +30,18 @@ study: $(STAMP)
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_summary.md README.md --marker three-gaps-table
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_gain.md README.md --marker vod-gain-table
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_references.md README.md --marker synthetic-references-table
+	$(BIN)/gad embed $(STUDY_OUT)/study_time.md README.md --marker study-time-table
 
 bench: $(STAMP)
 	$(BIN)/gad bench --out results/bench
 	$(BIN)/gad bench --methods knn,resad --threads 1,2 --out results/bench
 	$(BIN)/gad bench --search knn,resad --out results/bench
 	$(BIN)/gad bench --study --out results/bench
+	$(BIN)/gad bench --layouts --out results/bench
 	$(BIN)/gad embed results/bench/bench.md README.md --marker bench-table
 	$(BIN)/gad embed results/bench/search.md README.md --marker search-table
 	$(BIN)/gad embed results/bench/threads.md README.md --marker threads-table
+	$(BIN)/gad embed results/bench/layouts.md README.md --marker layouts-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

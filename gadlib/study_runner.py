@@ -8,12 +8,14 @@ loaded, images featurised, the last event, and the time left.
 
 The time left comes from the previous run of the same kind, recorded in ``<out>/study_time.json``:
 
-* ``cold_seconds``: the last full run that started from an empty cache (no features, results or checkpoints);
+* ``cold_seconds``: the wall time of the last full run that started from an empty cache (no features,
+  results or checkpoints), with its ``cores`` and ``commit`` at the top level;
 * ``warm_seconds``: the last full run that computed nothing (every cell, model and feature reused);
-* ``last_partial``: the last full run that was neither.
+* ``runs``: the ``cold``, ``warm`` and ``partial`` (neither) runs in detail: total and per-notebook seconds,
+  cell counts, date, cores, torch threads, workers and the git commit of that run.
 
-Each entry holds the total and per-notebook seconds, the cell counts, the date, the cores, the torch threads
-and the git commit of that run. Only runs of the whole notebook list are recorded (not ``--only``).
+``<out>/study_time.md`` shows the same as a table. Only runs of the whole notebook list are recorded (not
+``--only``).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from gadlib.progress import PROGRESS_ENV, read_events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMES_FILE = "study_time.json"
-COLD, WARM, PARTIAL = "cold_seconds", "warm_seconds", "last_partial"
+COLD, WARM, PARTIAL = "cold", "warm", "partial"
+LEGACY = {"cold_seconds": COLD, "warm_seconds": WARM, "last_partial": PARTIAL}   # the first format's entries
 # The cache folders whose contents a run can reuse; weights and generated datasets do not make a run warm.
 REUSABLE = ("features", "results", "checkpoints")
 # On Python 3.11+ a kernel started without -Xfrozen_modules=off (a python3 kernelspec other than the one
@@ -134,7 +137,7 @@ def cache_is_empty(cache_root: str | Path) -> bool:
 
 
 def read_times(path: str | Path) -> dict:
-    """The recorded study times (``{}`` when the file is missing or unreadable, with a warning for the latter)."""
+    """The recorded runs by kind (``{}`` when the file is missing or unreadable, with a warning for the latter)."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -144,7 +147,11 @@ def read_times(path: str | Path) -> dict:
         print(f"warning: {path}: not readable JSON ({err}); estimates start over and the next full run "
               "rewrites it", file=sys.stderr, flush=True)
         return {}
-    return times if isinstance(times, dict) else {}
+    if not isinstance(times, dict):
+        return {}
+    if isinstance(times.get("runs"), dict):
+        return times["runs"]
+    return {LEGACY[k]: v for k, v in times.items() if k in LEGACY and isinstance(v, dict)}
 
 
 def run_kind(started_cold: bool, notebooks: dict[str, dict]) -> str:
@@ -157,17 +164,44 @@ def run_kind(started_cold: bool, notebooks: dict[str, dict]) -> str:
 
 
 def record_times(path: str | Path, kind: str, entry: dict) -> dict:
-    """Set ``kind`` in the JSON at ``path`` to ``entry``, keeping the other entries; write atomically."""
+    """Set run ``kind`` in the JSON at ``path`` to ``entry``, keeping the other runs; write it atomically,
+    and its table beside it (``.md``). Returns the whole record."""
     path = Path(path)
-    times = read_times(path)
-    times[kind] = entry
+    runs = read_times(path)
+    runs[kind] = entry
+    headline = runs.get(COLD) or entry
+    times = {"cold_seconds": runs.get(COLD, {}).get("seconds"), "warm_seconds": runs.get(WARM, {}).get("seconds"),
+             "cores": headline.get("cores"), "commit": headline.get("commit"), "runs": runs}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(times, stream, indent=1)
-        stream.write("\n")
-    os.replace(scratch, path)        # readers see the old file or the new one, never half of one
+    for target, text in ((path, json.dumps(times, indent=1) + "\n"), (path.with_suffix(".md"), times_table(runs))):
+        handle, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=path.parent)
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(scratch, target)  # readers see the old file or the new one, never half of one
     return times
+
+
+def times_table(runs: dict) -> str:
+    """The recorded runs as a Markdown table: one row per run kind, one column per notebook."""
+    names = list(dict.fromkeys(n for entry in runs.values() for n in entry.get("notebooks", {})))
+    header = ["run", "total"] + names + ["cells computed / reused", "models trained", "workers x threads", "cores",
+                                         "commit", "date"]
+    rows = []
+    for kind in (COLD, WARM, PARTIAL):
+        entry = runs.get(kind)
+        if not entry:
+            continue
+        notebooks = entry.get("notebooks", {})
+        total = lambda key: sum(n.get(key, 0) for n in notebooks.values())   # noqa: E731
+        rows.append([kind, format_duration(entry.get("seconds", 0))]
+                    + [format_duration(notebooks[n]["seconds"]) if n in notebooks else "" for n in names]
+                    + [f"{total('cells_computed')} / {total('cells_reused')}", str(total("models_trained")),
+                       f"{entry.get('workers', '?')} x {entry.get('threads_per_worker', '?')}",
+                       str(entry.get("cores", "")), str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
+                               "cache, warm = a second run with nothing changed.\n")
 
 
 def format_duration(seconds: float) -> str:

@@ -32,6 +32,22 @@ def test_committed_without_outputs_and_one_parameters_cell(path):
     assert sum("parameters" in c.metadata.get("tags", []) for c in notebook.cells) == 1
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path, caplog):
+    """A parameter papermill cannot parse prints "Unable to parse line ..." on every run of `make study`."""
+    import ast
+
+    import papermill
+
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [node.targets[0].id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)]
+    with caplog.at_level("WARNING"):
+        found = papermill.inspect_notebook(str(path))
+    assert list(found) == assigned
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded") / "embedded"

@@ -125,8 +125,19 @@ def test_run_kind_and_record_keeps_the_other_entries(tmp_path):
     record_times(path, COLD, dict(seconds=100))
     record_times(path, WARM, dict(seconds=10))
     record_times(path, COLD, dict(seconds=90))
-    assert json.loads(path.read_text()) == {COLD: dict(seconds=90), WARM: dict(seconds=10)}
-    assert [p.name for p in tmp_path.iterdir()] == ["study_time.json"]     # no scratch file left behind
+    recorded = json.loads(path.read_text())
+    assert recorded["runs"] == {COLD: dict(seconds=90), WARM: dict(seconds=10)}
+    assert (recorded["cold_seconds"], recorded["warm_seconds"]) == (90, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study_time.json", "study_time.md"]  # no scratch file
+    # The first format (one dict per kind at the top) is read, and rewritten in the current one.
+    path.write_text(json.dumps({"cold_seconds": dict(seconds=70), "last_partial": dict(seconds=5)}))
+    record_times(path, WARM, dict(seconds=3, cores=2, commit="abc"))
+    recorded = json.loads(path.read_text())
+    assert recorded["runs"] == {COLD: dict(seconds=70), PARTIAL: dict(seconds=5), WARM: dict(seconds=3, cores=2,
+                                                                                            commit="abc")}
+    assert (recorded["cold_seconds"], recorded["warm_seconds"]) == (70, 3)
+    table = path.with_suffix(".md").read_text()
+    assert "| cold | 1m10s |" in table and "| warm | 3s |" in table and "| partial | 5s |" in table
 
 
 def test_select_keeps_study_order_and_names_the_choices(toys):
@@ -161,7 +172,7 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     assert (out / "alpha" / "table.md").read_text() == "| alpha | 3 |\n"
     # what the kernels must not put on the terminal
     assert "without encryption" not in printed.err and "frozen modules" not in printed.err
-    recorded = json.loads(times.read_text())
+    recorded = json.loads(times.read_text())["runs"]
     assert set(recorded) == {COLD}
     entry = recorded[COLD]
     assert entry["notebooks"]["alpha"]["cells"] == 3 and entry["notebooks"]["beta"]["cells_computed"] == 2
@@ -182,7 +193,7 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     status = [line for line in lines if line.startswith("[1/2] alpha: ") and " | " in line]
     guess = r"(~\S+ left here|slower than last time \(\S+\)), (then )?~\S+ in the study$"
     assert status and all(re.search(guess, line) for line in status)
-    recorded = json.loads(times.read_text())
+    recorded = json.loads(times.read_text())["runs"]
     assert recorded[COLD] == entry                          # the cold run is kept as it was
     assert recorded[WARM]["notebooks"]["beta"]["cells_reused"] == 2
     assert recorded[PARTIAL]["notebooks"]["alpha"]["cells_computed"] == 3
