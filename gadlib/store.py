@@ -28,7 +28,6 @@ import os
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -115,7 +114,7 @@ def cell_key(identity: dict, dataset: str, episodes: list, queries: pd.DataFrame
 
 
 class ResultStore:
-    """Cells on disk: ``get``, ``put`` and ``compute`` (get, else compute and put).
+    """Cells on disk: ``get`` (a found cell counts as reused) and ``put`` (counts as computed).
 
     Args:
         root: folder of the cells; default ``<cache>/results``.
@@ -139,7 +138,9 @@ class ResultStore:
         if not path.is_file():
             return None
         with gzip.open(path, "rt", encoding="utf-8") as handle:
-            return json.load(handle)
+            payload = json.load(handle)
+        self.reused += 1
+        return payload
 
     def put(self, key: str, payload: dict) -> None:
         """Write a cell atomically (a temporary sibling, then a rename)."""
@@ -151,17 +152,7 @@ class ResultStore:
         os.replace(scratch, path)
         with open(self.root / "computed.log", "a", encoding="utf-8") as log:
             log.write(key + "\n")
-
-    def compute(self, key: str, work: Callable[[], dict]) -> tuple[dict, bool]:
-        """The cell's payload and whether it was reused (``work`` runs only when the cell is missing)."""
-        found = self.get(key)
-        if found is not None:
-            self.reused += 1
-            return found, True
-        payload = work()
-        self.put(key, payload)
         self.computed += 1
-        return payload, False
 
 
 def frame_payload(frame: pd.DataFrame) -> dict:

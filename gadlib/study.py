@@ -146,7 +146,6 @@ def _score_cells(jobs: list[dict], store, workers, progress) -> list[list[dict]]
     for j, job in enumerate(jobs):
         for i, (cell, payload) in enumerate(zip(job["cells"], payloads[j])):
             if payload is not None:
-                store.reused += 1
                 report("cell", _cell_label(job, cell), 0.0, reused=True)
             elif cell["key"] is not None and cell["key"] in twins:
                 twins[cell["key"]].append((j, i))
@@ -214,7 +213,6 @@ def _prepare_features(jobs, missing) -> None:
 def _keep(store, job, cell, payload, seconds) -> dict:
     if store is not None:
         store.put(cell["key"], payload)
-        store.computed += 1
     report("cell", _cell_label(job, cell), seconds, reused=False)
     return payload
 
@@ -326,11 +324,14 @@ def prefetch(requests: Sequence[dict], progress: bool = True, workers: int | Non
     from gadlib.data.load import load_dataset, subsample
     from gadlib.methods import create_method
 
-    evaluations = []
+    evaluations, loaded = [], {}
     for request in requests:
         request = dict(request)
-        name, frame = load_dataset(request["dataset"])
-        frame = subsample(frame, request.get("max_per_group"))
+        where = (request["dataset"], request.get("max_per_group"))
+        if where not in loaded:           # a notebook asks for the same few targets many times
+            name, frame = load_dataset(request["dataset"])
+            loaded[where] = name, subsample(frame, request.get("max_per_group"))
+        name, frame = loaded[where]
         method = request.get("method", "knn")
         if isinstance(method, str):
             method = create_method(method, **dict(request.get("method_params") or {}, progress=False))
