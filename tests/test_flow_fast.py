@@ -71,3 +71,34 @@ def test_grid_path_rejects_wrong_shapes():
         flow.log_likelihood_grid(torch.zeros(6, 4), torch.zeros(4, 8))       # 4 positions do not divide 6 rows
     with pytest.raises(ValueError, match=r"\(P, 8\)"):
         flow.log_likelihood_grid(torch.zeros(6, 4), None)
+
+
+@pytest.mark.parametrize("channels, cond_dim", [(40, 16), (7, 8), (2, 4)])
+def test_indexed_training_path_equals_the_freia_forward_in_value_and_gradients(channels, cond_dim):
+    flow = _flow(channels, cond_dim, perturb=0.5, dtype=torch.float64).train()
+    codes = torch.randn(9, cond_dim, dtype=torch.float64)
+    positions = torch.tensor([0, 3, 3, 8, 1, 0, 5, 5, 5, 2, 7])           # repeats: gathered rows share a code
+    features = 2 * torch.randn(len(positions), channels, dtype=torch.float64)
+
+    def value_and_grads(compute):
+        flow.zero_grad()
+        x = features.clone().requires_grad_(True)
+        out = compute(x)
+        (out * torch.linspace(-1, 2, len(out), dtype=out.dtype)).sum().backward()   # not a plain sum
+        return out.detach(), x.grad, {n: p.grad.clone() for n, p in flow.named_parameters() if p.grad is not None}
+
+    expected = value_and_grads(lambda x: flow.log_likelihood(x, codes[positions]))
+    found = value_and_grads(lambda x: flow.log_likelihood_at(x, codes, positions))
+    torch.testing.assert_close(found[0], expected[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(found[1], expected[1], rtol=1e-10, atol=1e-10)
+    assert found[2].keys() == expected[2].keys() and len(found[2]) >= 4 * 4   # every trained tensor of 4 blocks
+    for name in expected[2]:
+        torch.testing.assert_close(found[2][name], expected[2][name], rtol=1e-7, atol=1e-10, msg=lambda m: name + m)
+
+
+def test_indexed_path_rejects_wrong_shapes():
+    flow = ConditionalFlow(4, cond_dim=8, blocks=2)
+    with pytest.raises(ValueError, match="one position per feature row"):
+        flow.log_likelihood_at(torch.zeros(6, 4), torch.zeros(3, 8), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(P, 8\)"):
+        flow.log_likelihood_at(torch.zeros(6, 4), torch.zeros(3, 7), torch.zeros(6, dtype=torch.long))

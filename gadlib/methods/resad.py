@@ -31,7 +31,7 @@ from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import local_aggregate, to_patches
 from gadlib.kernels.position import sinusoidal_position_2d
 from gadlib.kernels.vod import channel_vod_grid, check_vod
-from gadlib.kernels.residual import METRICS, check_search, nearest_in_shots, nearest_neighbour, residual
+from gadlib.kernels.residual import METRICS, check_search, nearest_in_shots, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
@@ -177,7 +177,12 @@ class ResAD(BackboneFeatures, Method):
         """Residuals ``(B, C, H, W)`` of a training episode's queries against its references (one level)."""
         queries = features[torch.from_numpy(episode.queries)].to(self.feature_cache().device)
         bank = to_patches(features[torch.from_numpy(episode.references)].to(queries.device))
-        rows = None if self.residual == "none" else nearest_neighbour(to_patches(queries), bank, self.metric)[1]
+        if self.residual == "none":
+            return self._residual(queries, bank, None)
+        # The nearest row of the whole bank, found as nearest_in_shots finds it (per-reference minima first,
+        # then rows inside the winning reference only): the same rows as nearest_neighbour, about twice as fast.
+        cells, shots = features.shape[-2] * features.shape[-1], len(episode.references)
+        rows = nearest_in_shots(to_patches(queries), bank, cells, [shots], self.metric)[shots][1]
         return self._residual(queries, bank, rows)
 
     def _log_likelihood(self, level: int, residuals: torch.Tensor) -> torch.Tensor:
@@ -234,9 +239,11 @@ class ResAD(BackboneFeatures, Method):
             if self.constraintor:
                 loss_fn = occ_loss if self.constraint_loss == "occ" else shell_loss
                 losses["constraint"] = losses["constraint"] + loss_fn(flat_out, flat_in, abnormal[used])
-            positions = self._positions(level, res.shape[-2:]).repeat(len(queries_index), 1)[used]
+            cells = res.shape[-2] * res.shape[-1]
+            position = torch.arange(cells, device=device).repeat(len(queries_index))[used]   # row-major, per query
             pick = torch.from_numpy(rng.permutation(len(flat_out))[:self.max_flow_positions]).to(device)
-            log_p = self.flows_[level].log_likelihood(flat_out.detach()[pick], positions[pick])
+            log_p = self.flows_[level].log_likelihood_at(flat_out.detach()[pick],
+                                                         self._positions(level, res.shape[-2:]), position[pick])
             is_abnormal = abnormal[used][pick]
             if (~is_abnormal).any():
                 losses["nll"] = losses["nll"] - log_p[~is_abnormal].mean()

@@ -54,6 +54,44 @@ class ConditionalFlow(nn.Module):
         log_base = -0.5 * (z * z).sum(1) - 0.5 * self.channels * math.log(2 * math.pi)
         return (log_base + log_jac) / self.channels
 
+    def log_likelihood_at(self, features: torch.Tensor, position_codes: torch.Tensor,
+                          positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_likelihood` of ``(N, C)`` features whose codes are rows of a small table, with gradients.
+
+        Row ``i`` is conditioned on ``position_codes[positions[i]]`` (``position_codes (P, cond)``,
+        ``positions (N,)`` long). Equal to ``log_likelihood(features, position_codes[positions])`` up to
+        float rounding, and cheaper for training: each block's first layer sees the code through
+        ``W1[:, d1:] c + b1``, computed once per table row and gathered per feature row, so the layer
+        multiplies ``d1`` inputs instead of ``d1 + cond`` (about a third of a ResAD flow's products).
+        """
+        if not self.cond_dim:
+            return self.log_likelihood(features)
+        if features.ndim != 2 or features.shape[1] != self.channels:
+            raise ValueError(f"expected features (N, {self.channels}), got {tuple(features.shape)}")
+        if position_codes.ndim != 2 or position_codes.shape[1] != self.cond_dim or positions.ndim != 1 \
+                or positions.shape[0] != features.shape[0]:
+            raise ValueError(f"expected position codes (P, {self.cond_dim}) and one position per feature row, got "
+                             f"{tuple(position_codes.shape)} and {tuple(positions.shape)}")
+        x, log_jac = features, features.new_zeros(features.shape[0])
+        for block in self.inn.module_list:
+            if block.GIN or block.householder or block.reverse_pre_permute or block.input_rank != 0:
+                raise ValueError("log_likelihood_at covers the AllInOneBlocks ConditionalFlow builds")
+            passive_dims, active_dims = block.splits
+            first, last = block.subnet[0], block.subnet[2]
+            per_position = torch.nn.functional.linear(position_codes, first.weight[:, passive_dims:], first.bias)
+            passive, active = x[:, :passive_dims], x[:, passive_dims:]
+            hidden = torch.relu(torch.nn.functional.linear(passive, first.weight[:, :passive_dims])
+                                + per_position[positions])
+            a = torch.nn.functional.linear(hidden, last.weight, last.bias) * 0.1
+            sub_jac = block.clamp * torch.tanh(a[:, :active_dims])
+            coupled = torch.cat([passive, active * torch.exp(sub_jac) + a[:, active_dims:]], 1)
+            scale = block.global_scale_activation(block.global_scale)
+            x = torch.nn.functional.linear(coupled * scale + block.global_offset,
+                                           block.w_perm.reshape(self.channels, self.channels))
+            log_jac = log_jac + sub_jac.sum(1) + torch.log(scale).sum()
+        log_base = -0.5 * (x * x).sum(1) - 0.5 * self.channels * math.log(2 * math.pi)
+        return (log_base + log_jac) / self.channels
+
     @torch.no_grad()
     def log_likelihood_grid(self, features: torch.Tensor, position_codes: torch.Tensor | None = None,
                             chunk_rows: int = GRID_CHUNK_ROWS) -> torch.Tensor:
