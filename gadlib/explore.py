@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 SPACES = ("features", "residual", "residual, VOD (A)", "residual, VOD (B)", "residual, VOD (A+B)")
+# What a cached sample, embedding or table depends on (gadlib.store.code_digest parts).
+EXPLORE_CODE = ("explore.py", "backbones.py", "cache.py", "data", "kernels", "methods")
 
 
 @dataclass
@@ -34,7 +36,7 @@ class PatchSample:
 
 def patch_spaces(frames: dict[str, pd.DataFrame], method, shots: int = 4, per_group: int = 8,
                  normal_cells: int = 12, synthetic: bool = True, seed: int = 0, abnormal_coverage: float = 0.5,
-                 channel_values: str = "gaussian", position_mode: str = "magnitude") -> PatchSample:
+                 channel_values: str = "gaussian", position_mode: str = "magnitude", cache: bool = True) -> PatchSample:
     """Patches of sampled query images of every dataset in :data:`SPACES`.
 
     Args:
@@ -50,11 +52,25 @@ def patch_spaces(frames: dict[str, pd.DataFrame], method, shots: int = 4, per_gr
         seed: sampling seed.
         abnormal_coverage: a cell of an anomalous image is abnormal when its mask covers at least this.
         channel_values, position_mode: the VOD readings (A) and (B) (see ``gadlib.kernels.vod``).
+        cache: keep the sample in the cache (:func:`gadlib.store.memoized`), addressed by the frames, the bytes
+            of their images and masks, the method's identity, these arguments and the code, so a re-run
+            of the residual-space notebook reads it back instead of recomputing it.
 
     Returns:
         A :class:`PatchSample`; ``patches`` columns: dataset, category, domain, image, kind
         (``normal`` / ``real`` / ``synthetic``), status (``normal`` / ``abnormal``).
     """
+    arguments = dict(shots=shots, per_group=per_group, normal_cells=normal_cells, synthetic=synthetic, seed=seed,
+                     abnormal_coverage=abnormal_coverage, channel_values=channel_values, position_mode=position_mode)
+    if cache:
+        from gadlib.store import files_digest, memoized, method_identity
+
+        config = dict(arguments, method=method_identity(method), frames={
+            name: dict(rows=frame.astype(str).to_numpy().tolist(), columns=list(frame.columns),
+                       files=files_digest(frame["image_path"].tolist() + frame["mask_path"].tolist()))
+            for name, frame in frames.items()})
+        return memoized("patch_spaces", config, lambda: patch_spaces(frames, method, **arguments, cache=False),
+                        code=EXPLORE_CODE)
     from gadlib.cache import default_cache_dir
     from gadlib.data.references import simulate_references
     from gadlib.methods.features import mask_coverage
@@ -169,7 +185,7 @@ def transfer_auroc(x: np.ndarray, label: np.ndarray, train: np.ndarray) -> float
     return float(roc_auc_score(label[test], model.predict_proba(x[test])[:, 1]))
 
 
-def alignment_table(sample: PatchSample, seed: int = 0) -> pd.DataFrame:
+def alignment_table(sample: PatchSample, seed: int = 0, cache: bool = True) -> pd.DataFrame:
     """One row per space: the alignment measurements of the module docstring.
 
     Columns (balanced accuracy, chance = 1 / groups; lower = better aligned):
@@ -178,7 +194,13 @@ def alignment_table(sample: PatchSample, seed: int = 0) -> pd.DataFrame:
     (lower = a synthetic anomaly stands in better for a real one), ``normal vs abnormal`` (higher =
     better), ``synthetic -> real`` (a normal-vs-abnormal classifier fitted with synthetic anomalies,
     tested on real ones) and ``<dataset> -> rest`` (fitted on one dataset's patches, tested on the others').
+    ``cache``: keep the table in the cache, addressed by the sample's bytes, the seed and the code.
     """
+    if cache:
+        from gadlib.store import memoized
+
+        return memoized("alignment_table", dict(sample=_sample_digest(sample), seed=seed, sklearn=_sklearn()),
+                        lambda: alignment_table(sample, seed, cache=False), code=EXPLORE_CODE)
     p = sample.patches
     image = p["image"].to_numpy()
     status = (p["status"] == "abnormal").to_numpy().astype(int)
@@ -207,6 +229,19 @@ def alignment_table(sample: PatchSample, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _sklearn() -> str:
+    import sklearn
+
+    return sklearn.__version__
+
+
+def _sample_digest(sample: PatchSample) -> str:
+    from gadlib.store import array_digest
+
+    return array_digest(*[sample.spaces[name] for name in sorted(sample.spaces)],
+                        sample.patches.astype(str).to_numpy())
+
+
 def _half(images: np.ndarray) -> np.ndarray:
     """A fixed half of the images (every other distinct image, sorted by path), per patch."""
     names = sorted(set(images))
@@ -214,9 +249,17 @@ def _half(images: np.ndarray) -> np.ndarray:
     return np.array([first[i] for i in images])
 
 
-def embed(x: np.ndarray, how: str = "pca", seed: int = 0) -> np.ndarray:
+def embed(x: np.ndarray, how: str = "pca", seed: int = 0, cache: bool = True) -> np.ndarray:
     """``(P, D)`` -> ``(P, 2)``: ``"pca"``, ``"tsne"`` or ``"umap"`` (if umap-learn is installed), on
-    standardised features."""
+    standardised features. ``cache``: keep the result in the cache, addressed by the bytes of ``x``,
+    ``how``, ``seed`` and the code (a t-SNE takes tens of seconds)."""
+    if how not in ("pca", "tsne", "umap"):
+        raise ValueError(f"how must be 'pca', 'tsne' or 'umap', got '{how}'")
+    if cache:
+        from gadlib.store import array_digest, memoized
+
+        return memoized(f"embed_{how}", dict(x=array_digest(x), seed=seed, sklearn=_sklearn()),
+                        lambda: embed(x, how, seed, cache=False), code=EXPLORE_CODE)
     from sklearn.preprocessing import StandardScaler
 
     z = StandardScaler().fit_transform(x)

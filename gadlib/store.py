@@ -28,7 +28,9 @@ import os
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -153,6 +155,49 @@ class ResultStore:
         with open(self.root / "computed.log", "a", encoding="utf-8") as log:
             log.write(key + "\n")
         self.computed += 1
+
+
+def array_digest(*arrays) -> str:
+    """SHA-256 (16 hex digits) of arrays' shapes, dtypes and bytes (numpy or torch)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        value = array.detach().cpu().numpy() if torch.is_tensor(array) else np.ascontiguousarray(array)
+        digest.update(f"{value.shape}:{value.dtype}".encode())
+        digest.update(value.tobytes() if value.dtype != object else json.dumps(value.tolist(), default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def memoized(name: str, config: dict, compute: Callable[[], Any], code: tuple[str, ...] = EVALUATION_CODE) -> Any:
+    """A derived result that is not an evaluation cell (a patch sample, an embedding, a table), computed once.
+
+    Kept as a gzipped pickle under ``<cache>/derived``, addressed by ``name``, ``config`` (JSON-ready: what
+    determines the result, digests of its inputs included) and :func:`code_digest` of ``code``; a found
+    one counts as a reused cell in the study's progress, a computed one as a computed cell.
+    """
+    import gzip as _gzip
+    import pickle
+    import time
+
+    from gadlib.cache import default_cache_dir
+    from gadlib.progress import report
+
+    key = hashlib.sha256(json.dumps(dict(name=name, config=config, code=code_digest(tuple(code))),
+                                    sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = default_cache_dir() / "derived" / key[:2] / f"{name}-{key}.pkl.gz"
+    started = time.perf_counter()
+    if path.is_file():
+        with _gzip.open(path, "rb") as handle:
+            value = pickle.load(handle)
+        report("cell", name, time.perf_counter() - started, reused=True)
+        return value
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with _gzip.open(scratch, "wb", compresslevel=3) as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(scratch, path)
+    report("cell", name, time.perf_counter() - started, reused=False)
+    return value
 
 
 def frame_payload(frame: pd.DataFrame) -> dict:

@@ -271,3 +271,35 @@ def test_patch_spaces_know_what_each_space_is(gap_suite):
             "synthetic -> real", "one -> rest", "two -> rest"} <= set(table.columns)
     with pytest.raises(ValueError, match="vod_channel='none'"):
         patch_spaces(frames, create_method("knn", image_size=96, vod_channel="gaussian", progress=False))
+
+
+def test_residual_space_results_are_read_back_from_the_cache_not_recomputed(gap_suite, tmp_path, monkeypatch):
+    from gadlib import explore
+    from gadlib.progress import PROGRESS_ENV, read_events
+
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "events.jsonl"))
+    frames = {"one": gap_suite[gap_suite["category"] != "leather"]}
+    method = create_method("knn", image_size=96, progress=False)
+    first = explore.patch_spaces(frames, method, shots=2, per_group=2, normal_cells=3, seed=1)
+    x = first.spaces["residual"]
+    coords, table = explore.embed(x, "pca"), explore.alignment_table(first)
+    # the second time, nothing is computed: the three derived results come back equal from the cache
+    calls = []
+    monkeypatch.setattr(explore, "separability", lambda *a, **k: calls.append(1) or 0.0)
+    again = explore.patch_spaces(frames, method, shots=2, per_group=2, normal_cells=3, seed=1)
+    np.testing.assert_array_equal(again.spaces["residual"], x)
+    pd.testing.assert_frame_equal(again.patches, first.patches)
+    np.testing.assert_array_equal(explore.embed(x, "pca"), coords)
+    pd.testing.assert_frame_equal(explore.alignment_table(again), table)
+    assert not calls
+    events = [(e["label"], e["reused"]) for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "cell"]
+    assert events == [("patch_spaces", False), ("embed_pca", False), ("alignment_table", False),
+                      ("patch_spaces", True), ("embed_pca", True), ("alignment_table", True)]
+    # anything that changes the result is a new entry: another seed, other data, another embedding
+    other = explore.patch_spaces(frames, method, shots=2, per_group=2, normal_cells=3, seed=2)
+    assert not np.array_equal(explore.embed(x[::-1].copy(), "pca"), coords)
+    cells = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "cell"]
+    assert [(e["label"], e["reused"]) for e in cells[-2:]] == [("patch_spaces", False), ("embed_pca", False)]
+    assert len(other.patches)
+    with pytest.raises(ValueError, match="how must be"):
+        explore.embed(x, "mds")
