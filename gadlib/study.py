@@ -25,6 +25,7 @@ from gadlib.progress import report
 from gadlib.store import ResultStore, cell_key, default_store, frame_payload, method_identity, payload_frame
 
 TIDY_COLUMNS = ["dataset", "category", "domain", "method", "shots", "abnormal_shots", "seed", "metric", "value"]
+STORED = object()      # _score_cells: "in the store, not read"
 
 
 @dataclass
@@ -88,7 +89,8 @@ def evaluate_many(requests: Sequence[dict], progress: bool = True, store: Result
     """
     store = default_store() if store is None else (store or None)
     jobs = [_plan(**request, store=store) for request in requests]
-    payloads = _score_cells(jobs, store, workers, progress)
+    # Without results the stored cells are not even read: the notebook's own calls read (and count) them.
+    payloads = _score_cells(jobs, store, workers, progress, read=results)
     if not results:
         return []
     out = []
@@ -139,13 +141,25 @@ def _plan(frame: pd.DataFrame, method: Method, dataset: str, shots: Sequence[int
     return dict(method=method, dataset=dataset, shots=shots, abnormal_shots=abnormal_shots, cells=cells)
 
 
-def _score_cells(jobs: list[dict], store, workers, progress) -> list[list[dict]]:
-    """Payloads of every cell of every job, in order: read from the store, else computed here or in a pool."""
-    payloads = [[store.get(c["key"]) if store else None for c in job["cells"]] for job in jobs]
+def _score_cells(jobs: list[dict], store, workers, progress, read: bool = True) -> list[list[dict]]:
+    """Payloads of every cell of every job, in order: read from the store, else computed here or in a pool.
+
+    ``read=False``: a stored cell is only checked for (its payload stays ``None`` and it is not counted).
+    """
+    def stored(key):
+        if not store:
+            return None
+        if read:
+            return store.get(key)
+        return STORED if store.path(key).is_file() else None
+
+    payloads = [[stored(c["key"]) for c in job["cells"]] for job in jobs]
     missing, twins = [], {}        # (job index, cell index) to compute; cells of the same key share one
     for j, job in enumerate(jobs):
         for i, (cell, payload) in enumerate(zip(job["cells"], payloads[j])):
-            if payload is not None:
+            if payload is STORED:
+                payloads[j][i] = None
+            elif payload is not None:
                 report("cell", _cell_label(job, cell), 0.0, reused=True)
             elif cell["key"] is not None and cell["key"] in twins:
                 twins[cell["key"]].append((j, i))
@@ -190,7 +204,8 @@ def _score_cells(jobs: list[dict], store, workers, progress) -> list[list[dict]]
                           if c["key"] == key and payloads[j][i] is not None)
             for j, i in copies:
                 payloads[j][i] = source
-                report("cell", _cell_label(jobs[j], jobs[j]["cells"][i]), 0.0, reused=True)
+                if read:
+                    report("cell", _cell_label(jobs[j], jobs[j]["cells"][i]), 0.0, reused=True)
     return payloads
 
 

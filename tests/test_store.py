@@ -51,6 +51,22 @@ def test_a_second_evaluation_reads_every_cell_back_with_the_same_numbers(suite, 
     assert len((tmp_path / "results" / "computed.log").read_text().split()) == 2
 
 
+def test_a_prefetch_neither_reads_nor_counts_stored_cells_the_evaluation_after_it_does(suite, tmp_path):
+    from gadlib.study import evaluate_many
+
+    name, frame = load_dataset(suite)
+    store = ResultStore(tmp_path / "results")
+    request = dict(frame=frame, method=_knn(), dataset=name, shots=[1, 2], seeds=[0, 1], categories=["leather"])
+    evaluate(**request, store=store, progress=False)
+    assert (store.computed, store.reused) == (2, 0)
+    newer = dict(request, seeds=[0, 1, 2])                  # one cell more than stored
+    assert evaluate_many([newer], progress=False, store=store, results=False) == []
+    assert (store.computed, store.reused) == (3, 0)         # the missing cell computed; the two others untouched
+    result = evaluate(**newer, store=store, progress=False)
+    assert (store.computed, store.reused) == (3, 3)         # each cell counted once, when it is read
+    assert sorted(set(result.tidy["seed"])) == [0, 1, 2]
+
+
 def test_the_key_follows_what_determines_the_numbers(suite, tmp_path):
     from gadlib.data.references import sample_episode
 
