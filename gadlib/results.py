@@ -26,12 +26,16 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "
 
 
 def git_commit(folder: str | Path = ".") -> str:
-    """The current commit (with ``-dirty`` if the tree has changes), or ``"unknown"``."""
+    """The current commit (with ``-dirty`` if tracked files outside ``results/`` changed), or ``"unknown"``.
+
+    ``results/`` is left out: a study run rewrites it, and its own outputs do not change the code that made them.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], cwd=folder, capture_output=True, text=True,
+                               check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
