@@ -108,6 +108,28 @@ def tally(events: Sequence[dict]) -> Tally:
     return counts
 
 
+def work_breakdown(events: Sequence[dict]) -> dict:
+    """Where a notebook's computing went: seconds of the work it did (found work costs nothing), by kind and by method.
+
+    Seconds are summed over processes, so with two workers they can add up to twice the wall time. The
+    method is the first word of an event's label (``resad``, ``knn``, ``patch_spaces``, ...).
+    """
+    kinds = {"train": "training_s", "cell": "scoring_s", "features": "features_s"}
+    work = {name: 0.0 for name in kinds.values()}
+    by_method: dict[str, float] = {}
+    for event in events:
+        if event.get("reused") or event.get("kind") not in kinds:
+            continue
+        seconds = float(event.get("seconds", 0.0))
+        work[kinds[event["kind"]]] += seconds
+        if event["kind"] != "features":
+            method = f"{str(event.get('label', '?')).split(' ')[0]} ({'training' if event['kind'] == 'train' else 'scoring'})"
+            by_method[method] = by_method.get(method, 0.0) + seconds
+    work = {name: round(value, 1) for name, value in work.items()}
+    work["by_method"] = {name: round(value, 1) for name, value in sorted(by_method.items(), key=lambda kv: -kv[1])}
+    return work
+
+
 def estimate_left(elapsed: float, cells_done: int, previous_seconds: float | None,
                   previous_cells: int | None) -> float | None:
     """Seconds a notebook still needs, judged from its previous run of the same kind.
@@ -200,8 +222,20 @@ def times_table(runs: dict) -> str:
                        str(entry.get("cores", "")), str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
+    text = "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
                                "cache, warm = a second run with nothing changed.\n")
+    cold = runs.get(COLD, {}).get("notebooks", {})
+    if any("work" in entry for entry in cold.values()):
+        text += ("\nWhere the cold run's computing went, per notebook: process-minutes (two workers give up to twice "
+                 "the wall time) of training, scoring and feature extraction, and the three costliest methods.\n\n"
+                 "| notebook | wall | training | scoring | features | costliest |\n|---|---|---|---|---|---|\n")
+        for name, entry in cold.items():
+            work = entry.get("work") or {}
+            top = ", ".join(f"{method} {value / 60:.1f}" for method, value in list(work.get("by_method", {}).items())[:3])
+            text += (f"| {name} | {format_duration(entry['seconds'])} | "
+                     + " | ".join(f"{work.get(k, 0) / 60:.1f}" for k in ("training_s", "scoring_s", "features_s"))
+                     + f" | {top} |\n")
+    return text
 
 
 def format_duration(seconds: float) -> str:
@@ -407,4 +441,5 @@ def _run_one(notebook: StudyNotebook, tag: str, out: Path, parameters: dict | No
         watcher.join()
     counts, seconds = tally(read_events(events)), time.perf_counter() - start
     emit(f"{tag}: done in {format_duration(seconds)} ({describe(counts)}) -> {out / notebook.name}")
-    return dict(seconds=round(seconds, 1), cells=counts.cells, **{k: getattr(counts, k) for k in COUNTS})
+    return dict(seconds=round(seconds, 1), cells=counts.cells, **{k: getattr(counts, k) for k in COUNTS},
+                work=work_breakdown(read_events(events)))

@@ -104,6 +104,25 @@ def test_tally_and_durations():
     assert [format_duration(s) for s in (9, 75, 3725)] == ["9s", "1m15s", "1h02m"]
 
 
+def test_work_breakdown_sums_what_was_computed_by_kind_and_method(tmp_path):
+    from gadlib.study_runner import times_table, work_breakdown
+
+    events = [dict(kind="train", label="resad on synth", seconds=300.0, reused=False),
+              dict(kind="train", label="resad on synth {'residual': 'none'}", seconds=200.0, reused=False),
+              dict(kind="train", label="nagl on synth", seconds=40.0, reused=True),          # loaded: no work
+              dict(kind="cell", label="knn on elpv/elpv, seed 0 (1092 queries)", seconds=12.5, reused=False),
+              dict(kind="cell", label="resad on elpv/elpv, seed 0 (1092 queries)", seconds=60.0, reused=False),
+              dict(kind="cell", label="resad on elpv/elpv, seed 1 (1092 queries)", seconds=0.0, reused=True),
+              dict(kind="features", label="efficientnet_lite0 features", seconds=58.0, reused=False, count=540)]
+    work = work_breakdown(events)
+    assert (work["training_s"], work["scoring_s"], work["features_s"]) == (500.0, 72.5, 58.0)
+    assert list(work["by_method"].items()) == [("resad (training)", 500.0), ("resad (scoring)", 60.0),
+                                               ("knn (scoring)", 12.5)]      # costliest first
+    table = times_table({COLD: dict(seconds=700, notebooks=dict(nb=dict(seconds=650, work=work)))})
+    assert "| nb | 10m50s | 8.3 | 1.2 | 1.0 | resad (training) 8.3, resad (scoring) 1.0, knn (scoring) 0.2 |" in table
+    assert "Where the cold run" not in times_table({WARM: dict(seconds=5, notebooks=dict(nb=dict(seconds=5)))})
+
+
 def test_cache_is_empty_ignores_weights_and_datasets(tmp_path):
     assert cache_is_empty(tmp_path / "missing")
     (tmp_path / "weights").mkdir()
