@@ -93,7 +93,8 @@ def _simulate_anomalies(normal: pd.DataFrame, per_category: int, seed: int, out_
                     Image.fromarray(array).save(scratch)
                     os.replace(scratch, target)  # an interrupted run never leaves half a PNG behind
             rows.append(dict(image_path=str(image_file), mask_path=str(mask_file), label=1, defect=f"simulated_{kind}",
-                             category=category, domain=group["domain"].iloc[0], split="simulated"))
+                             category=category, domain=group["domain"].iloc[0], split="simulated",
+                             source_path=source))
     return pd.DataFrame(rows)
 
 
@@ -136,6 +137,12 @@ class SourcePool:
         masks = torch.from_numpy(load_masks(self.frame["mask_path"].tolist(), paths, size)).float()[:, None]
         # Fraction of each feature cell covered by the anomaly mask, per level.
         self.abnormal_fraction = [F.adaptive_avg_pool2d(masks, level.shape[-2:])[:, 0] for level in self.levels]
+        # The source image each pool image was made from (itself, or the normal image an anomaly was simulated
+        # on): an episode never queries an image that shares one with its references.
+        origin = self.frame["image_path"].astype(str)
+        if "source_path" in self.frame:
+            origin = self.frame["source_path"].fillna(origin).astype(str)
+        self.origin = pd.factorize(origin)[0]
         labels = self.frame["label"].to_numpy()
         categories = self.frame["category"].to_numpy()
         self.normal_of = {c: np.flatnonzero((categories == c) & (labels == 0)) for c in self.categories}
@@ -161,14 +168,15 @@ class SourcePool:
                 anomaly_fraction: float = 0.5) -> "TrainingEpisode":
         """k normal references of a random category and ``batch_size`` queries of the same category.
 
-        Queries are drawn without replacement, normal ones never from the references; about
-        ``anomaly_fraction`` of them are anomalous (real or simulated) when the category has any.
+        Queries are drawn without replacement and never share a source image with a reference (a normal
+        query is not a reference; an anomaly was not simulated on one); about ``anomaly_fraction`` of them
+        are anomalous (real or simulated) when the category has any.
         """
         category = self.categories[rng.integers(len(self.categories))]
         normal = rng.permutation(self.normal_of[category])
         shots = min(shots, len(normal) - 1)
         references, candidates = normal[:shots], normal[shots:]
-        abnormal = self.abnormal_of[category]
+        abnormal = self._not_made_from(self.abnormal_of[category], references)
         n_abnormal = min(len(abnormal), int(round(batch_size * anomaly_fraction)))
         n_normal = min(len(candidates), batch_size - n_abnormal)
         queries = np.concatenate([candidates[:n_normal], rng.choice(abnormal, n_abnormal, replace=False)])
@@ -181,8 +189,9 @@ class SourcePool:
 
         The category is drawn among those with a defect type of at least ``m + 1`` images (``m`` is
         lowered to what the largest defect type allows, at least 1); the query
-        is, with probability ``anomaly_fraction``, another anomaly of that type, else a normal image
-        that is not a reference.
+        is, with probability ``anomaly_fraction``, another anomaly of that type, else a normal image; it
+        never shares a source image with a reference, normal or abnormal (when every anomaly left of the
+        type does, the query is a normal image).
         """
         largest = max((len(index) for types in self.abnormal_by_defect.values() for index in types.values()), default=0)
         if largest < 2:
@@ -196,9 +205,20 @@ class SourcePool:
         abnormal = rng.permutation(self.abnormal_by_defect[category][types[rng.integers(len(types))]])
         normal = rng.permutation(self.normal_of[category])
         shots = min(shots, len(normal) - 1)
+        references, abnormal_refs = normal[:shots], abnormal[:abnormal_shots]
+        taken = np.concatenate([references, abnormal_refs])
         label = int(rng.random() < anomaly_fraction)
-        query = abnormal[abnormal_shots] if label else normal[shots]
-        return GuidedEpisode(category, normal[:shots], abnormal[:abnormal_shots], int(query), label)
+        queries = self._not_made_from(abnormal[abnormal_shots:], taken)
+        if not label or not len(queries):
+            label, queries = 0, self._not_made_from(normal[shots:], taken)
+        if not len(queries):
+            raise ValueError(f"source category '{category}': every image left shares a source image with the "
+                             "episode's references; add normal images or lower the shots")
+        return GuidedEpisode(category, references, abnormal_refs, int(queries[0]), label)
+
+    def _not_made_from(self, candidates: np.ndarray, references: np.ndarray) -> np.ndarray:
+        """The candidates (in order) that share no source image with any of ``references``."""
+        return candidates[~np.isin(self.origin[candidates], self.origin[references])]
 
 
 @dataclass

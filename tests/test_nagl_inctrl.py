@@ -149,6 +149,9 @@ def test_guided_source_episodes_match_defect_types_and_never_query_a_reference(g
         rows = pool.frame.iloc[list(episode.references) + list(episode.abnormal_refs) + [episode.query]]
         assert set(rows["category"]) == {episode.category}
         assert episode.query not in set(episode.references) | set(episode.abnormal_refs)
+        # nor was it made from one of them, or one of them from it (a paste on the same image is a shortcut)
+        taken = pool.origin[list(episode.references) + list(episode.abnormal_refs)]
+        assert pool.origin[episode.query] not in set(taken)
         abnormal = pool.frame.iloc[list(episode.abnormal_refs)]
         assert len(abnormal) == 2 and (abnormal["label"] == 1).all() and abnormal["defect"].nunique() == 1
         assert pool.frame["label"].iloc[episode.query] == episode.label

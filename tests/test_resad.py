@@ -165,13 +165,20 @@ def test_source_pool_episodes_never_query_a_reference(gap_suite):
     assert len(pool) == 2 * (14 + 12 + 6)
     assert set(pool.frame.loc[pool.frame["split"] == "simulated", "label"]) == {1}
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    simulated_queries = 0
+    for _ in range(40):
         episode = pool.episode(rng, shots=3, batch_size=8)
         assert not set(episode.references) & set(episode.queries)
+        # no query was simulated on a reference: a reference plus a paste would be a shortcut to learn
+        made_from = pool.frame["source_path"].iloc[episode.queries].dropna()
+        assert not set(made_from) & set(pool.frame["image_path"].iloc[episode.references])
+        assert set(pool.origin[episode.queries]).isdisjoint(pool.origin[episode.references])
+        simulated_queries += len(made_from)
         rows = pool.frame.iloc[np.concatenate([episode.references, episode.queries])]
         assert set(rows["category"]) == {episode.category}
         assert (pool.frame["label"].iloc[episode.references] == 0).all()
         assert pool.frame["label"].iloc[episode.queries].sum() == 4      # anomaly_fraction 0.5 of 8
+    assert simulated_queries > 20                      # the rule was tested on simulated queries, not avoided
     # Masks become per-cell coverage in [0, 1], zero on normal images.
     fraction = pool.abnormal_fraction[0]
     assert fraction.min() >= 0 and fraction.max() <= 1
