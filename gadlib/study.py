@@ -24,7 +24,11 @@ from gadlib.parallel import layout, method_from_payload, method_payload, pool, s
 from gadlib.progress import report
 from gadlib.store import ResultStore, cell_key, default_store, frame_payload, method_identity, payload_frame
 
-TIDY_COLUMNS = ["dataset", "category", "domain", "method", "shots", "abnormal_shots", "seed", "metric", "value"]
+# The rows of a result; ``config`` names the method's variant (Method.config_label). A stored cell keeps the
+# rest (CELL_COLUMNS): the label is added when the cell is read, so renaming a variant recomputes nothing.
+TIDY_COLUMNS = ["dataset", "category", "domain", "method", "config", "shots", "abnormal_shots", "seed", "metric",
+                "value"]
+CELL_COLUMNS = [column for column in TIDY_COLUMNS if column != "config"]
 STORED = object()      # _score_cells: "in the store, not read"
 
 
@@ -96,10 +100,11 @@ def evaluate_many(requests: Sequence[dict], progress: bool = True, store: Result
     out = []
     for job, found in zip(jobs, payloads):
         # A shared cell of a method that ignores abnormal references may come from another m: rows say this m.
-        tidy = pd.concat([payload_frame(p["tidy"], TIDY_COLUMNS) for p in found], ignore_index=True)
+        tidy = pd.concat([payload_frame(p["tidy"], CELL_COLUMNS) for p in found], ignore_index=True)
         scores = pd.concat([payload_frame(p["scores"]) for p in found], ignore_index=True)
         tidy["abnormal_shots"] = job["abnormal_shots"]
         scores["abnormal_shots"] = job["abnormal_shots"]
+        tidy.insert(tidy.columns.get_loc("method") + 1, "config", job["method"].config_label())
         episodes = [cell["episodes"][k] for cell in job["cells"] for k in job["shots"]]
         out.append(StudyResult(tidy=tidy.astype({"shots": int, "abnormal_shots": int, "seed": int}),
                                episodes=episodes, scores=scores))
@@ -282,7 +287,7 @@ def score_cell(method: Method, dataset: str, shots: Sequence[int], abnormal_shot
             dataset=dataset, category=category, domain=queries["domain"].to_numpy(), method=method.name,
             shots=k, abnormal_shots=abnormal_shots, seed=seed, image_path=longest.queries,
             label=labels, defect=queries["defect"].to_numpy(), score=scores.image)))
-    tidy = pd.DataFrame(tidy_rows, columns=TIDY_COLUMNS)
+    tidy = pd.DataFrame(tidy_rows, columns=CELL_COLUMNS)
     return dict(tidy=frame_payload(tidy), scores=frame_payload(pd.concat(score_parts, ignore_index=True)))
 
 
@@ -405,8 +410,9 @@ def run_evaluation(dataset: str, method: str | Method = "knn", shots: Sequence[i
         model = create_method(method, **params)
     else:
         model = method
-    record = dict(dataset=dataset, dataset_name=name, method=model.name, method_params=model.get_params(),
-                  checkpoint=str(checkpoint) if checkpoint else None, shots=list(shots), seeds=list(seeds),
+    record = dict(dataset=dataset, dataset_name=name, method=model.name, config=model.config_label(),
+                  method_params=model.get_params(), checkpoint=str(checkpoint) if checkpoint else None,
+                  shots=list(shots), seeds=list(seeds),
                   abnormal_shots=abnormal_shots, abnormal_source=abnormal_source,
                   categories=list(categories) if categories else None, max_per_group=max_per_group,
                   protocol=protocol)

@@ -64,6 +64,17 @@ class Method:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
 
+    def config_label(self) -> str:
+        """The method and the hyper-parameters it was given that differ from the defaults, e.g.
+        ``resad(residual=none)``; what a result row says, so that variants of a method never read alike.
+        Parameters that only change speed or printing are left out."""
+        from gadlib.store import NOT_IN_KEY
+
+        defaults = inspect.signature(type(self).__init__).parameters
+        changed = {name: value for name, value in self.get_params().items()
+                   if name not in NOT_IN_KEY and name in defaults and defaults[name].default != value}
+        return self.name + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")" if changed else "")
+
     def fit(self, source: pd.DataFrame | None = None) -> "Method":
         """Learn from a source domain; training-free methods fit nothing."""
         return self
