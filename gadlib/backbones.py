@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import timm
 import torch
@@ -95,6 +95,37 @@ def load_classifier(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     return create_timm(name, timm_weights_file(name, path)).eval()
 
 
+_OFFSETS: dict[str, list[float]] = {}    # Backbone.level_offsets by backbone key, once per process
+
+
+def effective_centres(model: Callable[[torch.Tensor], Sequence[torch.Tensor]], image_size: int,
+                      strides: Sequence[int], seed: int = 0) -> list[float]:
+    """Per feature level of a convolutional ``model``, where cell 0's receptive field is centred, in pixels.
+
+    Measured: the gradient of a middle cell (summed over channels) with respect to two noise images gives
+    how much each pixel weighs in that cell; the centre of that weight, minus ``stride * i``, is the offset
+    (pixel ``j`` spans ``[j, j + 1)``), rounded to a quarter pixel and averaged over rows and columns.
+    A symmetric kernel stack with symmetric padding gives ``0.5``; EfficientNet-Lite0's learned kernels
+    pull the weight up and left of that.
+    """
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    noise = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed)).to(device)
+    centres = torch.arange(image_size, dtype=torch.float64) + 0.5
+    offsets = []
+    with torch.inference_mode(False), torch.enable_grad():
+        noise = noise.clone().requires_grad_(True)
+        levels = model(noise)
+        for level, stride in zip(levels, strides):
+            row, column = level.shape[-2] // 2, level.shape[-1] // 2
+            weight, = torch.autograd.grad(level[:, :, row, column].sum(), noise, retain_graph=True)
+            weight = weight.abs().sum((0, 1)).double().cpu()
+            y = float((weight.sum(1) * centres).sum() / weight.sum()) - stride * row
+            x = float((weight.sum(0) * centres).sum() / weight.sum()) - stride * column
+            offsets.append(round((y + x) / 2 * 4) / 4)
+    return offsets
+
+
 class Backbone(nn.Module):
     """A frozen timm ``features_only`` network returning the chosen feature levels.
 
@@ -139,6 +170,33 @@ class Backbone(nn.Module):
                                      resample=str(config.get("interpolation", "bicubic")))
         self.channels: list[int] = self.model.feature_info.channels()
         self.strides: list[int] = self.model.feature_info.reduction()
+        self.patch_tokens = any(type(module).__name__ == "PatchEmbed" for module in self.model.modules())
+
+    def level_offsets(self) -> list[float]:
+        """Per level, where cell 0 is centred in the image, in pixels (cell ``i``: ``stride * i`` further).
+
+        A transformer's patch token covers its own patch: ``stride / 2``. A CNN cell looks at a receptive
+        field whose weight (learned kernels are not symmetric) is centred elsewhere: measured once per
+        configuration (:func:`effective_centres`), not assumed. Pixel maps put each cell's score there.
+        """
+        key = self.key()
+        if key not in _OFFSETS:
+            if self.patch_tokens:
+                _OFFSETS[key] = [stride / 2 for stride in self.strides]
+            else:
+                _OFFSETS[key] = effective_centres(self.model, self.preprocess.image_size, self.strides)
+        return list(_OFFSETS[key])
+
+    def grid_offset(self, side: int) -> float:
+        """:meth:`level_offsets` for a grid of ``side`` cells the levels were aligned on
+        (:func:`gadlib.kernels.patches.align_levels`): the mean over levels of where each level's cells land
+        there -- area-averaged down (a block of ``r`` cells is centred ``stride * (r - 1) / 2`` further) or
+        bilinearly up (``align_corners=False`` moves a cell ``(grid stride - stride) / 2``)."""
+        size = self.preprocess.image_size
+        landed = []
+        for offset, stride in zip(self.level_offsets(), self.strides):
+            landed.append(offset + (size / side - stride) / 2)
+        return sum(landed) / len(landed)
 
     def key(self) -> str:
         """Everything that changes the features: part of the feature-cache key."""

@@ -254,6 +254,63 @@ def test_upsample_blur_equals_blur_of_upsample(size, sigma):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("offset", [0.5, 3.0])
+def test_upsample_with_cell_centres_equals_blur_of_upsample_and_the_tiling_convention(offset):
+    maps = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(upsample_blur(maps, 56, 2.0, offset), gaussian_blur(upsample(maps, 56, offset), 2.0),
+                               atol=1e-5, rtol=0)
+    # offset = stride / 2 is the tiling convention of offset=None (align_corners=False)
+    torch.testing.assert_close(upsample(maps, 56, 4.0), upsample(maps, 56), atol=1e-6, rtol=0)
+    torch.testing.assert_close(upsample_blur(maps, 56, 2.0, 4.0), upsample_blur(maps, 56, 2.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 4.0])
+def test_one_hot_cell_peaks_on_that_cells_centre(sigma):
+    stride, side = 8, 7
+    for i, j in [(3, 3), (1, 5), (0, 6)] if sigma == 0 else [(3, 3), (2, 4)]:   # a blurred edge peaks at the edge
+        grid = torch.zeros(1, side, side)
+        grid[0, i, j] = 1.0
+        centred = upsample_blur(grid, stride * side, sigma, offset=0.5)[0]
+        # the cell's receptive field is centred on pixel (stride * i, stride * j): the peak is there
+        assert np.unravel_index(int(centred.argmax()), centred.shape) == (stride * i, stride * j)
+        assert centred[stride * i, stride * j] == pytest.approx(float(centred.max()))
+        tiled = upsample_blur(grid, stride * side, sigma)[0]       # the old convention: half a stride down-right
+        peak = np.unravel_index(int(tiled.argmax()), tiled.shape)
+        assert peak != (stride * i, stride * j) and abs(peak[0] - (stride * i + 3.5)) <= 0.5 + (i == 0) * 4
+
+
+def test_effective_centres_known_answers_on_hand_built_convolutions():
+    from torch import nn
+
+    from gadlib.backbones import effective_centres
+
+    conv = nn.Conv2d(3, 1, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        assert effective_centres(lambda x: [conv(x)], 32, [2]) == [0.5]      # symmetric: on pixel 2i
+        conv.weight.zero_()
+        conv.weight[..., 0, 0] = 1.0                                           # only the up-left tap
+    assert effective_centres(lambda x: [conv(x)], 32, [2]) == [-0.5]          # on pixel 2i - 1
+    with torch.inference_mode():                                               # as inside predict_shots
+        assert effective_centres(lambda x: [conv(x)], 32, [2]) == [-0.5]
+
+
+def test_the_default_backbones_maps_put_cells_on_their_receptive_fields():
+    from gadlib.backbones import Backbone
+
+    backbone = Backbone(image_size=128)
+    offsets = backbone.level_offsets()
+    assert len(offsets) == len(backbone.strides) == 2
+    # Lite0's learned kernels centre its cells up-left of pixel stride * i: far from the tiling convention
+    # (stride / 2 = 4 and 8 px) that the maps used before, and not quite on the geometric centre either
+    for offset, stride in zip(offsets, backbone.strides):
+        assert -10 < offset < 0.5 and stride / 2 - offset > 4, (offset, stride)
+    assert backbone.level_offsets() == offsets                 # measured once, then the same
+    # an aligned grid: the mean of where each level's cells land on it
+    assert backbone.grid_offset(8) == pytest.approx((offsets[0] + 4 + offsets[1]) / 2)
+    assert backbone.grid_offset(16) == pytest.approx((offsets[0] + offsets[1] - 4) / 2)
+
+
 def test_upsample_blur_non_square_map():
     maps = torch.rand(2, 6, 4, generator=torch.Generator().manual_seed(3))
     expected = gaussian_blur(upsample(maps, 24), 2.0)

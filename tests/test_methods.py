@@ -173,8 +173,7 @@ def test_knn_bright_square_scores_higher_and_is_localised(knn_data):
         scores = method.predict([knn_data["clean"], knn_data["bright"]], References(knn_data["refs"]))
         assert scores.image[1] > 1.5 * scores.image[0], metric
         y, x = np.unravel_index(scores.pixel[1].argmax(), scores.pixel[1].shape)
-        # note: CNN features centre on stride * i while the upsampler assumes stride * (i + 0.5), so peaks
-        # land a few pixels down-right of the defect; the square is large enough to still hold the peak
+        # the maps put each cell on its receptive field's measured centre (Backbone.level_offsets)
         assert SQUARE[0].start <= y < SQUARE[0].stop and SQUARE[1].start <= x < SQUARE[1].stop, (metric, y, x)
         # the whole square scores above every pixel of the clean image, and above the far corner
         clean_map, bright_map = scores.pixel

@@ -7,9 +7,17 @@ import torch
 import torch.nn.functional as F
 
 
-def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear ``(N, h, w) -> (N, size, size)``."""
-    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+def upsample(maps: torch.Tensor, size: int, offset: float | None = None) -> torch.Tensor:
+    """Bilinear ``(N, h, w) -> (N, size, size)``.
+
+    ``offset``: where cell 0's centre lies, in pixels (pixel ``j`` spans ``[j, j + 1)``); cell ``i`` lies
+    ``stride * i`` further (``stride = size / h``). ``None`` is ``stride / 2``: cells tile the image, as
+    patch tokens of a transformer do (``align_corners=False``). A CNN's cell is centred on its receptive
+    field, ``stride * i + 0.5`` (``Backbone.cell_offset``).
+    """
+    if offset is None:
+        return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return upsample_blur(maps, size, sigma=0.0, offset=offset)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -49,10 +57,27 @@ def image_score(maps: torch.Tensor, reduction: str = "max") -> torch.Tensor:
     raise ValueError(f"reduction must be 'max' or 'top1%', got '{reduction}'")
 
 
-def _resample_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+def _linear_matrix(n_in: int, n_out: int, offset: float | None) -> torch.Tensor:
+    """``(n_out, n_in)`` 1-D linear interpolation from cells centred at ``offset + stride * i`` (see
+    :func:`upsample`) to pixel centres ``j + 0.5``; constant beyond the first and last centre."""
+    if offset is None:
+        eye = torch.eye(n_in)[:, None, :]
+        return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T
+    stride = n_out / n_in
+    position = ((torch.arange(n_out, dtype=torch.float64) + 0.5 - offset) / stride).clamp(0, n_in - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=n_in - 1)
+    weight = position - low
+    rows = torch.arange(n_out)
+    up = torch.zeros(n_out, n_in, dtype=torch.float64)
+    up.index_put_((rows, low), 1 - weight, accumulate=True)
+    up.index_put_((rows, high), weight, accumulate=True)
+    return up.float()
+
+
+def _resample_matrix(n_in: int, n_out: int, sigma: float, offset: float | None = None) -> torch.Tensor:
     """``(n_out, n_in)`` matrix of 1-D linear upsampling followed by 1-D Gaussian smoothing."""
-    eye = torch.eye(n_in)[:, None, :]
-    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T  # (n_out, n_in)
+    up = _linear_matrix(n_in, n_out, offset)
     if sigma <= 0:
         return up
     kernel = gaussian_kernel1d(sigma)
@@ -62,16 +87,16 @@ def _resample_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
     return F.conv1d(cols, kernel.view(1, 1, -1))[:, 0, :].T                # (n_out, n_in)
 
 
-def upsample_blur(maps: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:
-    """``gaussian_blur(upsample(maps, size), sigma)`` computed exactly as two small matrix products.
+def upsample_blur(maps: torch.Tensor, size: int, sigma: float = 4.0, offset: float | None = None) -> torch.Tensor:
+    """``gaussian_blur(upsample(maps, size, offset), sigma)`` computed exactly as two small matrix products.
 
     Bilinear upsampling and separable Gaussian smoothing are both linear and act on rows and columns
     separately, so their composition is ``A_h @ map @ A_w.T`` with ``A = G @ U``; for a 14x14 map
     to 224x224 this is ~100x cheaper than convolving the upsampled map. ``(N, h, w) -> (N, S, S)``.
     """
     n, h, w = maps.shape
-    a_h = _resample_matrix(h, size, sigma).to(maps)
-    a_w = _resample_matrix(w, size, sigma).to(maps)
+    a_h = _resample_matrix(h, size, sigma, offset).to(maps)
+    a_w = _resample_matrix(w, size, sigma, offset).to(maps)
     # Two plain 2-D GEMMs (a broadcast batched matmul is several times slower on CPU).
     rows = (maps.reshape(n * h, w) @ a_w.T).reshape(n, h, size)          # (n, h, S)
     cols = a_h @ rows.permute(1, 0, 2).reshape(h, n * size)              # (S, n * S)

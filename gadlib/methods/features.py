@@ -27,6 +27,12 @@ class BackboneFeatures:
         grid = align_levels([local_aggregate(level, self.neighbourhood) for level in levels], self.grid)
         return channel_vod_grid(grid, getattr(self, "vod_channel", "none"))
 
+    def cell_offset(self, side: int) -> float:
+        """Where cell 0 of a ``side``-cell grid of aligned levels is centred, in pixels
+        (:func:`gadlib.kernels.scoring.upsample`, :meth:`gadlib.backbones.Backbone.grid_offset`): pixel maps
+        put each cell's score on its receptive field's centre, not half a stride down and right of it."""
+        return self.feature_cache().backbone.grid_offset(side)
+
     def vod_residual(self, residuals: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
         """VOD reading (B) on residuals (``vod_position`` hyper-parameter; none = unchanged)."""
         return position_vod_any(residuals, getattr(self, "vod_position", "none"), channel_dim)

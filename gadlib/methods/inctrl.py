@@ -244,7 +244,8 @@ class InCTRL(BackboneFeatures, Method):
                 out = self.heads_(patch, embeddings, ref_embeddings[:k], text)
                 image_scores[k].append(out["final"].cpu())
                 if with_pixel:
-                    pixel_maps[k].append(upsample_blur(patch.reshape(-1, side, side), self.image_size, self.sigma).cpu())
+                    pixel_maps[k].append(upsample_blur(patch.reshape(-1, side, side), self.image_size, self.sigma,
+                                                              self.cell_offset(side)).cpu())
         return collect_scores(image_scores, pixel_maps, with_pixel)
 
 

@@ -94,7 +94,8 @@ class KNNResidual(BackboneFeatures, Method):
             per_ref = nearest_per_group(to_patches(features), bank, cells, self.metric, search=self.search)
             nearest_first_k = torch.cummin(per_ref, dim=1).values
             for k in shots:
-                maps = upsample_blur(nearest_first_k[:, k - 1].reshape(n, h, w), self.image_size, self.sigma)
+                maps = upsample_blur(nearest_first_k[:, k - 1].reshape(n, h, w), self.image_size, self.sigma,
+                                     self.cell_offset(w))
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())

@@ -346,7 +346,8 @@ class NAGL(BackboneFeatures, Method):
                 distance, rows = nearest_in_first(*found, k)
                 maps = self._maps(tokens, bank, rows.reshape(b, -1), distance.reshape(b, -1), [abnormal] * b,
                                   [abnormal_rows[k]] * b, [cells] * b, side, mined.get(k))
-                pixel = upsample_blur(maps.reshape(b, *side).float(), self.image_size, self.sigma)
+                pixel = upsample_blur(maps.reshape(b, *side).float(), self.image_size, self.sigma,
+                                      self.cell_offset(side[-1]))
                 image_scores[k].append(image_score(pixel, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(pixel.cpu())

@@ -306,7 +306,8 @@ class ResAD(BackboneFeatures, Method):
                 shift = values.flatten(1).max(1).values[:, None, None]
             else:  # transductive: the max over every query of this target (public code)
                 shift = values.max()
-            level_map = upsample_blur(1 - torch.exp(values - shift), self.image_size, self.sigma)
+            level_map = upsample_blur(1 - torch.exp(values - shift), self.image_size, self.sigma,
+                                      self.feature_cache().backbone.level_offsets()[level])
             maps = level_map if maps is None else maps + level_map
         return Scores(image=image_score(maps, self.reduction).numpy(),
                       pixel=maps.float().numpy() if with_pixel else None)

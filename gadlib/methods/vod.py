@@ -219,7 +219,7 @@ class VOD(BackboneFeatures, Method):
             for k in shots:
                 res = self.residuals(features, bank, nearest_in_first(*found, k)[1])
                 patch = self._patch_scores(res, abnormal[k]).reshape(b, *side)
-                maps = upsample_blur(patch.float(), self.image_size, self.sigma)
+                maps = upsample_blur(patch.float(), self.image_size, self.sigma, self.cell_offset(side[-1]))
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())
