@@ -188,7 +188,7 @@ class SourcePool:
         """NAGL's episode: k normal and m abnormal references of one defect type, and one query.
 
         The category is drawn among those with a defect type of at least ``m + 1`` images (``m`` is
-        lowered to what the largest defect type allows, at least 1); the query
+        lowered to what the largest defect type allows; 0 is allowed); the query
         is, with probability ``anomaly_fraction``, another anomaly of that type, else a normal image; it
         never shares a source image with a reference, normal or abnormal (when every anomaly left of the
         type does, the query is a normal image).

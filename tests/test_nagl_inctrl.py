@@ -168,6 +168,31 @@ def test_guided_source_episodes_match_defect_types_and_never_query_a_reference(g
         lonely.guided_episode(rng, shots=3, abnormal_shots=1)
 
 
+@pytest.mark.parametrize("maskless", [0.0, 0.5])
+def test_nagl_trains_on_every_m_it_is_scored_with_and_on_references_without_masks(gap_suite, maskless, monkeypatch):
+    from gadlib.methods import create_method
+    from gadlib.methods.nagl import NAGL
+
+    seen = []
+    original = NAGL._abnormal_cells
+
+    def record(self, coverage):
+        cells = original(self, coverage)
+        seen.append((len(coverage), bool(len(coverage)) and bool(cells.all()) and bool((coverage == 0).all())))
+        return cells
+
+    monkeypatch.setattr(NAGL, "_abnormal_cells", record)
+    create_method("nagl", **dict(SMALL, epochs=1, train_maskless=maskless)).fit(
+        gap_suite[gap_suite["category"] != "leather"])
+    m = np.array([count for count, _ in seen])
+    assert set(m) == {0, 1, 2}                            # m = 0 is trained, not only scored
+    with_refs = [without_mask for count, without_mask in seen if count]
+    share = np.mean(with_refs)                            # references stripped of their masks: attended everywhere
+    assert share == 0 if maskless == 0 else 0.3 < share < 0.7
+    with pytest.raises(ValueError, match="train_maskless"):
+        create_method("nagl", train_maskless=1.5, **SMALL).fit(gap_suite)
+
+
 def test_tiny_training_records_finite_curves(trained):
     for name, (model, _) in trained.items():
         history = model.fit_record_["history"]

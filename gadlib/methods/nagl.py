@@ -91,7 +91,9 @@ class NAGL(BackboneFeatures, Method):
         epochs, steps_per_epoch, batch_size: training length fixed in advance (last epoch kept) and
             episodes per step.
         train_shots, train_abnormal_shots: per episode k is drawn from 1..train_shots and m from
-            1..train_abnormal_shots.
+            0..train_abnormal_shots (m = 0 included: NAGL is also scored without abnormal references).
+        train_maskless: share of training episodes whose abnormal references lose their masks (attended
+            everywhere), as image-labelled references such as ELPV's and textile's are at inference.
         lr, weight_decay: AdamW; x0.1 at 50 % and 75 % of training (the paper's epochs 10, 15 of 20).
         anomaly_fraction: probability that an episode's query is anomalous.
         abnormal_threshold: a feature cell is abnormal when its mask covers at least this fraction.
@@ -113,7 +115,8 @@ class NAGL(BackboneFeatures, Method):
                  neighbourhood: int = 3, center: str = "none", proxies: int = 25, heads: int = 4,
                  mode: str = "full",
                  sigma: float = 4.0, reduction: str = "top1%", epochs: int = 10, steps_per_epoch: int = 60,
-                 batch_size: int = 8, train_shots: int = 4, train_abnormal_shots: int = 2, lr: float = 1e-4,
+                 batch_size: int = 8, train_shots: int = 4, train_abnormal_shots: int = 2,
+                 train_maskless: float = 0.5, lr: float = 1e-4,
                  weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, faithful_mask_order: bool = False,
                  faithful_positions: bool = False, vod_channel: str = "none", vod_position: str = "none",
@@ -136,6 +139,7 @@ class NAGL(BackboneFeatures, Method):
         self.batch_size = batch_size
         self.train_shots = train_shots
         self.train_abnormal_shots = train_abnormal_shots
+        self.train_maskless = train_maskless
         self.lr = lr
         self.weight_decay = weight_decay
         self.anomaly_fraction = anomaly_fraction
@@ -163,6 +167,8 @@ class NAGL(BackboneFeatures, Method):
         check_search(self.search)
         if self.train_abnormal_shots < 1 or self.train_shots < 1:
             raise ValueError("nagl: train_shots and train_abnormal_shots must be >= 1")
+        if not 0 <= self.train_maskless <= 1:
+            raise ValueError(f"nagl: train_maskless is a share in [0, 1], got {self.train_maskless}")
 
     def _build(self, dim: int) -> None:
         torch.manual_seed(self.seed)
@@ -271,9 +277,10 @@ class NAGL(BackboneFeatures, Method):
 
         def step():
             episodes = [pool.guided_episode(rng, int(rng.integers(1, self.train_shots + 1)),
-                                            int(rng.integers(1, self.train_abnormal_shots + 1)),
+                                            int(rng.integers(0, self.train_abnormal_shots + 1)),
                                             self.anomaly_fraction) for _ in range(self.batch_size)]
-            return self._train_step(tokens, coverage, episodes, side)
+            maskless = rng.random(len(episodes)) < self.train_maskless
+            return self._train_step(tokens, coverage, episodes, side, maskless)
 
         history = optimise(step, optimizer, self.epochs if trained else 0, self.steps_per_epoch, "nagl training",
                            self.progress, scheduler)
@@ -281,7 +288,7 @@ class NAGL(BackboneFeatures, Method):
         self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started)
         return self
 
-    def _train_step(self, tokens, coverage, episodes, side) -> dict[str, torch.Tensor]:
+    def _train_step(self, tokens, coverage, episodes, side, maskless=None) -> dict[str, torch.Tensor]:
         device = self.feature_cache().device
         queries = tokens[[e.query for e in episodes]].to(device)                      # (B, N, D)
         banks, rows, distance, abnormal, abnormal_rows, cells = [], [], [], [], [], []
@@ -296,7 +303,10 @@ class NAGL(BackboneFeatures, Method):
             distance.append(found[0])
             abnormal.append(refs)
             abnormal_rows.append(ref_rows + offset)
-            cells.append(self._abnormal_cells(coverage[episode.abnormal_refs].to(device)))
+            reference_cover = coverage[episode.abnormal_refs].to(device)
+            if maskless is not None and maskless[i]:          # an image label only: attended everywhere
+                reference_cover = torch.zeros_like(reference_cover)
+            cells.append(self._abnormal_cells(reference_cover))
         maps = self._maps(queries, torch.cat(banks), torch.stack(rows), torch.stack(distance), abnormal,
                           abnormal_rows, cells, side)
         cover = coverage[[e.query for e in episodes]].to(device)
