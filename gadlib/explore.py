@@ -103,7 +103,8 @@ def patch_spaces(frames: dict[str, pd.DataFrame], method, shots: int = 4, per_gr
             raw_refs, raw = method.patch_features(refs), method.patch_features(paths)
             side = raw.shape[-2:]
             cells = side[0] * side[1]
-            coverage = mask_coverage(masks, paths, method.image_size, side).numpy()
+            coverage = mask_coverage(masks, paths, method.image_size, side, method.cell_offset(side[-1]))
+            coverage = coverage.numpy()
             keep = np.zeros((len(paths), cells), dtype=bool)
             for i, kind in enumerate(kinds):
                 if kind == "normal":

@@ -27,10 +27,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gadlib.cache import FeatureCache, default_cache_dir
+from gadlib.kernels.coverage import cell_coverage
 from gadlib.progress import report
 from gadlib.store import TRAINING_CODE, code_digest
 
@@ -134,9 +134,12 @@ class SourcePool:
         size = cache.backbone.preprocess.image_size
         from gadlib.data.images import load_masks
 
-        masks = torch.from_numpy(load_masks(self.frame["mask_path"].tolist(), paths, size)).float()[:, None]
-        # Fraction of each feature cell covered by the anomaly mask, per level.
-        self.abnormal_fraction = [F.adaptive_avg_pool2d(masks, level.shape[-2:])[:, 0] for level in self.levels]
+        self.backbone = cache.backbone
+        self.masks = torch.from_numpy(load_masks(self.frame["mask_path"].tolist(), paths, size)).bool()
+        # Share of each feature cell's window covered by the anomaly mask, per level, the windows centred
+        # on the cells' receptive fields (gadlib.kernels.coverage).
+        self.abnormal_fraction = [cell_coverage(self.masks, tuple(level.shape[-2:]), offset)
+                                  for level, offset in zip(self.levels, self.backbone.level_offsets())]
         # The source image each pool image was made from (itself, or the normal image an anomaly was simulated
         # on): an episode never queries an image that shares one with its references.
         origin = self.frame["image_path"].astype(str)
@@ -159,10 +162,9 @@ class SourcePool:
         return len(self.frame)
 
     def cell_coverage(self, side: tuple[int, int]) -> torch.Tensor:
-        """``(I, H*W)``: the fraction of each cell of an ``H x W`` grid covered by each image's mask
-        (pooled from the finest level's fractions)."""
-        finest = max(self.abnormal_fraction, key=lambda fraction: fraction.shape[-1])
-        return F.adaptive_avg_pool2d(finest[:, None], tuple(side))[:, 0].flatten(1)
+        """``(I, H*W)``: the share of each cell of an ``H x W`` grid of aligned levels covered by each image's
+        mask, the windows centred where the grid's cells look (:meth:`gadlib.backbones.Backbone.grid_offset`)."""
+        return cell_coverage(self.masks, tuple(side), self.backbone.grid_offset(side[-1])).flatten(1)
 
     def episode(self, rng: np.random.Generator, shots: int, batch_size: int,
                 anomaly_fraction: float = 0.5) -> "TrainingEpisode":

@@ -426,3 +426,31 @@ def test_search_errors(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "faiss", None)       # faiss not installed
     with pytest.raises(ImportError, match=r"gadlib\[faiss\]"):
         nearest_neighbour(torch.zeros(2, 3), torch.ones(4, 3), search="faiss")
+
+
+# -- coverage --------------------------------------------------------------------------------------
+
+def test_cell_coverage_tiles_like_average_pooling_and_moves_with_the_receptive_field():
+    from gadlib.kernels.coverage import cell_coverage, window_matrix
+
+    masks = (torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5)) > 0.7).float()
+    tiled = torch.nn.functional.adaptive_avg_pool2d(masks[:, None], 4)[:, 0]
+    torch.testing.assert_close(cell_coverage(masks, (4, 4)), tiled)
+    torch.testing.assert_close(cell_coverage(masks, (4, 4), offset=4.0), tiled)     # stride / 2: the same
+    # windows are a stride wide, cut at the image and stretched to its edges: every pixel is in some cell,
+    # and a row is a share (a full mask covers 1 of every window)
+    weights = window_matrix(4, 32, offset=0.5)
+    assert torch.allclose(weights.sum(1), torch.ones(4))
+    # [0, 4.5), [4.5, 12.5), [12.5, 20.5), [20.5, 32): pixels touched, half pixels included
+    assert torch.allclose((weights > 0).sum(1).float(), torch.tensor([5.0, 9.0, 9.0, 12.0]))
+    assert (weights.sum(0) > 0).all()
+    # a defect on pixels 14..17 (centre 16) belongs to the cell centred there: cell 2 with centres at
+    # 0.5 + 8 i (16.5); cell 1 and 2 share it when cells tile the image (centres 12 and 20)
+    square = torch.zeros(1, 32, 32)
+    square[0, 14:18, 14:18] = 1
+    centred = cell_coverage(square, (4, 4), offset=0.5)[0]
+    assert centred[2, 2] == pytest.approx(16 / 64) and centred.sum() == pytest.approx(16 / 64)
+    shared = cell_coverage(square, (4, 4))[0]
+    assert shared[1, 1] == pytest.approx(4 / 64) and shared[2, 2] == pytest.approx(4 / 64)
+    with pytest.raises(ValueError, match=r"\(N, S, S\)"):
+        cell_coverage(square[0], (4, 4))

@@ -55,12 +55,15 @@ class BackboneFeatures:
 
 
 def mask_coverage(masks: Sequence[str | None], paths: Sequence[str], image_size: int,
-                  side: tuple[int, int]) -> torch.Tensor:
-    """``(m, H*W)``: the fraction of each feature cell that each image's mask covers (no mask: 0)."""
+                  side: tuple[int, int], offset: float | None = None) -> torch.Tensor:
+    """``(m, H*W)``: the share of each feature cell's window that each image's mask covers (no mask: 0);
+    ``offset`` centres the windows on the cells' receptive fields (:func:`gadlib.kernels.coverage.cell_coverage`,
+    :meth:`BackboneFeatures.cell_offset`)."""
     from gadlib.data.images import load_masks
+    from gadlib.kernels.coverage import cell_coverage
 
     pixels = torch.from_numpy(load_masks(list(masks), list(paths), image_size)).float()
-    return torch.nn.functional.adaptive_avg_pool2d(pixels[:, None], side)[:, 0].flatten(1)
+    return cell_coverage(pixels, tuple(side), offset).flatten(1)
 
 
 def abnormal_cells(coverage: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -371,7 +371,8 @@ class NAGL(BackboneFeatures, Method):
             return (torch.zeros(0, cells, dim, device=device),
                     torch.zeros(0, cells, dtype=torch.bool, device=device))
         features = self.centred_features(references.abnormal).flatten(2).transpose(1, 2)
-        coverage = mask_coverage(references.masks(), references.abnormal, self.image_size, side).to(device)
+        coverage = mask_coverage(references.masks(), references.abnormal, self.image_size, side,
+                                 self.cell_offset(side[-1])).to(device)
         return features, self._abnormal_cells(coverage)
 
 

@@ -267,7 +267,8 @@ class VOD(BackboneFeatures, Method):
                 continue
             if tuple(paths) not in matched:
                 features = to_patches(self.patch_features(paths))
-                inside = abnormal_cells(mask_coverage(masks, paths, self.image_size, side), self.abnormal_threshold)
+                coverage = mask_coverage(masks, paths, self.image_size, side, self.cell_offset(side[-1]))
+                inside = abnormal_cells(coverage, self.abnormal_threshold)
                 matched[tuple(paths)] = (features, nearest_per_group(features, bank, cells, "l2", return_index=True),
                                          inside.flatten().to(features.device))
             features, found, inside = matched[tuple(paths)]
