@@ -192,10 +192,8 @@ class Backbone(nn.Module):
         (:func:`gadlib.kernels.patches.align_levels`): the mean over levels of where each level's cells land
         there -- area-averaged down (a block of ``r`` cells is centred ``stride * (r - 1) / 2`` further) or
         bilinearly up (``align_corners=False`` moves a cell ``(grid stride - stride) / 2``)."""
-        size = self.preprocess.image_size
-        landed = []
-        for offset, stride in zip(self.level_offsets(), self.strides):
-            landed.append(offset + (size / side - stride) / 2)
+        grid_stride = self.preprocess.image_size / side
+        landed = [offset + (grid_stride - stride) / 2 for offset, stride in zip(self.level_offsets(), self.strides)]
         return sum(landed) / len(landed)
 
     def key(self) -> str:

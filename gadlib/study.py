@@ -29,7 +29,6 @@ from gadlib.store import ResultStore, cell_key, default_store, frame_payload, me
 TIDY_COLUMNS = ["dataset", "category", "domain", "method", "config", "shots", "abnormal_shots", "seed", "metric",
                 "value"]
 CELL_COLUMNS = [column for column in TIDY_COLUMNS if column != "config"]
-STORED = object()      # _score_cells: "in the store, not read"
 
 
 @dataclass
@@ -151,21 +150,14 @@ def _score_cells(jobs: list[dict], store, workers, progress, read: bool = True) 
 
     ``read=False``: a stored cell is only checked for (its payload stays ``None`` and it is not counted).
     """
-    def stored(key):
-        if not store:
-            return None
-        if read:
-            return store.get(key)
-        return STORED if store.path(key).is_file() else None
-
-    payloads = [[stored(c["key"]) for c in job["cells"]] for job in jobs]
+    payloads = [[store.get(c["key"]) if store and read else None for c in job["cells"]] for job in jobs]
     missing, twins = [], {}        # (job index, cell index) to compute; cells of the same key share one
     for j, job in enumerate(jobs):
         for i, (cell, payload) in enumerate(zip(job["cells"], payloads[j])):
-            if payload is STORED:
-                payloads[j][i] = None
-            elif payload is not None:
+            if payload is not None:
                 report("cell", _cell_label(job, cell), 0.0, reused=True)
+            elif not read and store and store.path(cell["key"]).is_file():
+                continue                  # stored: the notebook's own call reads it
             elif cell["key"] is not None and cell["key"] in twins:
                 twins[cell["key"]].append((j, i))
             else:

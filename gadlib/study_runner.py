@@ -439,7 +439,8 @@ def _run_one(notebook: StudyNotebook, tag: str, out: Path, parameters: dict | No
     finally:
         watcher.stopped.set()
         watcher.join()
-    counts, seconds = tally(read_events(events)), time.perf_counter() - start
+    finished, seconds = read_events(events), time.perf_counter() - start
+    counts = tally(finished)
     emit(f"{tag}: done in {format_duration(seconds)} ({describe(counts)}) -> {out / notebook.name}")
     return dict(seconds=round(seconds, 1), cells=counts.cells, **{k: getattr(counts, k) for k in COUNTS},
-                work=work_breakdown(read_events(events)))
+                work=work_breakdown(finished))

@@ -12,8 +12,8 @@ def upsample(maps: torch.Tensor, size: int, offset: float | None = None) -> torc
 
     ``offset``: where cell 0's centre lies, in pixels (pixel ``j`` spans ``[j, j + 1)``); cell ``i`` lies
     ``stride * i`` further (``stride = size / h``). ``None`` is ``stride / 2``: cells tile the image, as
-    patch tokens of a transformer do (``align_corners=False``). A CNN's cell is centred on its receptive
-    field, ``stride * i + 0.5`` (``Backbone.cell_offset``).
+    patch tokens of a transformer do (``align_corners=False``). A CNN's cell is centred where its receptive
+    field weighs most (measured: :meth:`gadlib.backbones.Backbone.level_offsets`).
     """
     if offset is None:
         return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]

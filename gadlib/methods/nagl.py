@@ -288,7 +288,7 @@ class NAGL(BackboneFeatures, Method):
         self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started)
         return self
 
-    def _train_step(self, tokens, coverage, episodes, side, maskless=None) -> dict[str, torch.Tensor]:
+    def _train_step(self, tokens, coverage, episodes, side, maskless) -> dict[str, torch.Tensor]:
         device = self.feature_cache().device
         queries = tokens[[e.query for e in episodes]].to(device)                      # (B, N, D)
         banks, rows, distance, abnormal, abnormal_rows, cells = [], [], [], [], [], []
@@ -304,7 +304,7 @@ class NAGL(BackboneFeatures, Method):
             abnormal.append(refs)
             abnormal_rows.append(ref_rows + offset)
             reference_cover = coverage[episode.abnormal_refs].to(device)
-            if maskless is not None and maskless[i]:          # an image label only: attended everywhere
+            if maskless[i]:                                   # an image label only: attended everywhere
                 reference_cover = torch.zeros_like(reference_cover)
             cells.append(self._abnormal_cells(reference_cover))
         maps = self._maps(queries, torch.cat(banks), torch.stack(rows), torch.stack(distance), abnormal,

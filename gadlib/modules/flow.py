@@ -74,8 +74,7 @@ class ConditionalFlow(nn.Module):
                              f"{tuple(position_codes.shape)} and {tuple(positions.shape)}")
         x, log_jac = features, features.new_zeros(features.shape[0])
         for block in self.inn.module_list:
-            if block.GIN or block.householder or block.reverse_pre_permute or block.input_rank != 0:
-                raise ValueError("log_likelihood_at covers the AllInOneBlocks ConditionalFlow builds")
+            _check_plain(block, "log_likelihood_at")
             passive_dims, active_dims = block.splits
             first, last = block.subnet[0], block.subnet[2]
             per_position = torch.nn.functional.linear(position_codes, first.weight[:, passive_dims:], first.bias)
@@ -128,6 +127,13 @@ class ConditionalFlow(nn.Module):
         return out
 
 
+def _check_plain(block: nn.Module, what: str) -> None:
+    """The rearranged paths cover AllInOneBlocks as ConditionalFlow builds them, nothing else."""
+    if block.GIN or block.householder or block.reverse_pre_permute or block.input_rank != 0:
+        raise ValueError(f"{what} covers AllInOneBlocks on (N, C) features without GIN, householder or "
+                         "reverse permutations (as ConditionalFlow builds them)")
+
+
 class GridBlock(NamedTuple):
     """One FrEIA 0.2 ``AllInOneBlock`` (as :class:`ConditionalFlow` builds it) rearranged for inference.
 
@@ -161,9 +167,7 @@ class GridBlock(NamedTuple):
     def of(cls, block: nn.Module, position_codes: torch.Tensor | None, images: int = 1) -> "GridBlock":
         """The block's rearranged weights for passes of up to ``images`` images of ``position_codes (P, cond)``
         (``None``: an unconditional block, one row per image)."""
-        if block.GIN or block.householder or block.reverse_pre_permute or block.input_rank != 0:
-            raise ValueError("GridBlock covers AllInOneBlocks on (N, C) features without GIN, householder or "
-                             "reverse permutations (as ConditionalFlow builds them)")
+        _check_plain(block, "GridBlock")
         first, last = block.subnet[0], block.subnet[2]
         passive_dims, active_dims = block.splits
         if position_codes is None:
