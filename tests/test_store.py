@@ -142,6 +142,25 @@ study.score_cell = _slow
 """
 
 
+def _wait_until_group_dead(pgid: int, timeout: float = 30.0) -> None:
+    """SIGKILL is delivered asynchronously: the kernel of a killed papermill may still write a line after
+    papermill itself has been reaped. Wait until no live (non-zombie) process is left in the group."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":       # fields: state, ppid, pgrp, ...
+                alive.append(stat.parent.name)
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes of group {pgid} still alive after SIGKILL")
+
+
 def _computed(log: Path) -> list[str]:
     return log.read_text().split() if log.is_file() else []
 
@@ -190,6 +209,7 @@ def test_a_killed_notebook_resumes_with_only_the_missing_cells_and_reuses_anothe
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)                # papermill and its kernel
     process.wait()
+    _wait_until_group_dead(process.pid)
     before_kill = read_events(events)
     computed_before = [e for e in before_kill if e["kind"] == "cell" and not e["reused"]]
     assert computed_before, "the notebook ended before it computed a cell"
