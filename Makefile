@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 STUDY_OUT ?= results/embedded
 PYTEST_ARGS ?=
 
-.PHONY: study test venv clean-cache
+.PHONY: study test venv clean-cache validate bench
 
 venv: $(STAMP)
 
@@ -48,3 +48,7 @@ test: $(STAMP)
 
 clean-cache:
 	rm -rf $${GADLIB_CACHE:-$$HOME/.cache/gadlib}
+
+# The checks that chose the trained methods' defaults on held-out source categories (not part of `make study`).
+validate: $(STAMP)
+	$(BIN)/gad study --validation --out $(STUDY_OUT)

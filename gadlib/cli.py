@@ -173,13 +173,18 @@ def study(
     only: Optional[str] = typer.Option(None, help="comma-separated notebook names to run, e.g. quickstart,cross_domain "
                                                   "(times are then not recorded)"),
     interval: float = typer.Option(30.0, help="seconds between status lines"),
+    validation: bool = typer.Option(False, help="run the checks that chose the trained methods' defaults on "
+                                                "held-out source categories instead (`make validate`)"),
 ) -> None:
     """Run the study's notebooks in order, printing progress and an estimate of the time left."""
-    from gadlib.study_runner import StudyError, run_study
+    from gadlib.study_runner import VALIDATION_NOTEBOOKS, StudyError, run_study
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
-        run_study(out=out, only=names, interval=interval)
+        if validation:
+            run_study(out=out, only=names, interval=interval, notebooks=VALIDATION_NOTEBOOKS, keep_times=False)
+        else:
+            run_study(out=out, only=names, interval=interval)
     except ValueError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2)

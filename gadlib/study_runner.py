@@ -62,6 +62,11 @@ STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
         ("10_residual_space.ipynb", "residual_space"),
         ("30_three_gaps.ipynb", "three_gaps"),
     ))
+# Checks that chose the trained methods' defaults on held-out source categories (`make validate`): not part
+# of the study's time; re-run them when a default is in question.
+VALIDATION_NOTEBOOKS: tuple[StudyNotebook, ...] = (
+    StudyNotebook("source_validation", REPO_ROOT / "notebooks" / "05_source_validation.ipynb"),
+)
 
 
 class StudyError(RuntimeError):
@@ -341,7 +346,7 @@ class _KernelEnv:
 
 def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None = None, interval: float = 30.0,
               notebooks: Sequence[StudyNotebook] | None = None, parameters: dict | None = None,
-              emit: Callable[[str], None] = _print) -> dict:
+              emit: Callable[[str], None] = _print, keep_times: bool = True) -> dict:
     """Run the study's notebooks into ``out/<name>``, printing progress; record the times of a full run.
 
     Args:
@@ -351,6 +356,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
         notebooks: the study (default :data:`STUDY_NOTEBOOKS`); tests pass their own.
         parameters: papermill parameters given to every notebook (default: each notebook's own).
         emit: where lines go (default: stdout, flushed).
+        keep_times: record the times of a full run (``False`` for other notebooks, e.g. the validation).
     Returns:
         The run's record: ``seconds``, per-notebook ``notebooks`` and, for a full run, ``kind``.
     Raises:
@@ -399,7 +405,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
         counts = Tally(**{k: entry[k] for k in COUNTS})
         emit(f"  {name:{width}s}  {format_duration(entry['seconds']):>7s}  {describe(counts)}")
     result = dict(seconds=round(total, 1), notebooks=record)
-    if only is None:
+    if only is None and keep_times:
         kind = run_kind(started_cold, record)
         result.update(kind=kind, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       cores=os.cpu_count(), torch_threads=torch.get_num_threads(), workers=workers,
