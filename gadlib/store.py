@@ -12,7 +12,8 @@ its numbers:
   method that never reads abnormal references (``Method.reads_abnormal_references``) they are left out,
   so its cells are shared by episodes that differ only in those (m = 0 and m simulated references);
 * the code: a digest of the library files that compute features, train, score and measure
-  (:func:`code_digest`), plus the torch and timm versions.
+  (:func:`code_digest`), of the methods' files only the shared ones and the method's own
+  (:func:`method_code`), plus the torch and timm versions.
 
 Cells live under ``<cache>/results`` (``$GADLIB_CACHE``, see :func:`gadlib.cache.default_cache_dir`) as
 one gzipped JSON file each, written atomically, so a killed study keeps every finished cell and a
@@ -39,6 +40,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 TRAINING_CODE = ("training.py", "gaps.py", "backbones.py", "cache.py", "data", "kernels", "modules", "methods")
 # What an evaluation cell reads on top of that: episodes and scoring loop, metrics.
 EVALUATION_CODE = TRAINING_CODE + ("study.py", "metrics.py")
+# Of the methods, every method reads these; each method's own module is added by :func:`method_code`, so an
+# edit of one method's file re-keys that method's cells and checkpoints only.
+SHARED_METHOD_CODE = ("methods/__init__.py", "methods/base.py", "methods/features.py")
 # Hyper-parameters that change how fast or how loudly a method runs, never its numbers.
 NOT_IN_KEY = ("progress", "device", "cache_dir", "query_batch")
 
@@ -64,6 +68,23 @@ def code_digest(parts: tuple[str, ...] = EVALUATION_CODE) -> str:
     return digest.hexdigest()[:16]
 
 
+def method_code(method_class: type, parts: tuple[str, ...] = EVALUATION_CODE) -> tuple[str, ...]:
+    """``parts`` with the ``methods`` folder narrowed to the shared method files and ``method_class``'s module.
+
+    A method defined outside the package keeps the whole folder (and its own file is not digested).
+    """
+    import inspect
+
+    try:
+        own = Path(inspect.getfile(method_class)).resolve().relative_to(PACKAGE_ROOT).as_posix()
+    except ValueError:
+        return parts
+    narrowed: list[str] = []
+    for part in parts:
+        narrowed.extend((*SHARED_METHOD_CODE, own) if part == "methods" else (part,))
+    return tuple(dict.fromkeys(narrowed))
+
+
 def tensors_digest(tensors: dict) -> str:
     """SHA-256 (16 hex digits) of named tensors' names, shapes, dtypes and bytes."""
     digest = hashlib.sha256()
@@ -78,7 +99,7 @@ def method_identity(method) -> dict:
     """What a method contributes to a cell's key (see the module docstring)."""
     params = {k: v for k, v in sorted(method.get_params().items()) if k not in NOT_IN_KEY}
     identity = dict(name=method.name, params=json.loads(json.dumps(params, default=str)),
-                    state=tensors_digest(method.fitted_state()),
+                    state=tensors_digest(method.fitted_state()), code=code_digest(method_code(type(method))),
                     reads_abnormal=bool(getattr(method, "reads_abnormal_references", True)))
     cache = getattr(method, "feature_cache", None)
     if cache is not None:
@@ -110,7 +131,7 @@ def cell_key(identity: dict, dataset: str, episodes: list, queries: pd.DataFrame
     if identity.get("reads_abnormal"):
         files += [p for ep in episodes for p in ep.abnormal_refs + list(ep.abnormal_masks)]
     files += queries.index.tolist() + queries["mask_path"].tolist()
-    config = dict(code=code_digest(), method=identity, dataset=dataset, episodes=records, queries=meta,
+    config = dict(code=identity.get("code") or code_digest(), method=identity, dataset=dataset, episodes=records, queries=meta,
                   files=files_digest(files), with_pixel=bool(with_pixel))
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from gadlib.cache import FeatureCache, default_cache_dir
 from gadlib.kernels.coverage import cell_coverage
 from gadlib.progress import report
-from gadlib.store import TRAINING_CODE, code_digest
+from gadlib.store import TRAINING_CODE, code_digest, method_code
 
 SIMULATORS = ("cut_paste", "noise_blob")
 
@@ -248,9 +248,11 @@ def checkpoint_path(method: str, params: dict, source: str | Sequence[str], cate
     """Where the checkpoint of this exact configuration lives in the cache (without suffix)."""
     if not isinstance(source, str):  # ["synth"] and "synth" are the same source
         source = source[0] if len(source) == 1 else list(source)
+    from gadlib.methods.base import method_class
+
     config = dict(method=method, params=_jsonable_params(params), source=source,
                   categories=sorted(categories) if categories is not None else None,
-                  backbone=backbone_key, code=code_digest(TRAINING_CODE))
+                  backbone=backbone_key, code=code_digest(method_code(method_class(method), TRAINING_CODE)))
     for name, value in (("defects", defects), ("normal_splits", normal_splits)):
         if value is not None:       # absent from the keys of sources without the filter
             config[name] = sorted(value)

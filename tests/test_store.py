@@ -118,6 +118,29 @@ def test_training_code_digest_is_part_of_the_checkpoint_key(monkeypatch):
     assert len(code_digest(store.TRAINING_CODE)) == 16 and code_digest(store.TRAINING_CODE) != code_digest()
 
 
+def test_a_methods_cells_and_checkpoints_are_keyed_by_its_own_file_not_the_other_methods(monkeypatch):
+    from gadlib import store, training
+    from gadlib.methods.base import method_class
+
+    knn, resad = store.method_code(method_class("knn")), store.method_code(method_class("resad"))
+    assert "methods/knn.py" in knn and "methods/resad.py" not in knn and "methods" not in knn
+    assert "methods/resad.py" in resad and "methods/base.py" in resad and "kernels" in resad
+    assert code_digest(knn) != code_digest(resad)
+    assert method_identity(_knn())["code"] == code_digest(knn)
+
+    class Outside:                          # a method defined outside the package keeps the whole folder
+        pass
+    Outside.__module__ = "elsewhere"
+    monkeypatch.setattr("inspect.getfile", lambda obj: "/elsewhere/plugin.py")
+    assert store.method_code(Outside) == store.EVALUATION_CODE
+    monkeypatch.undo()
+
+    seen = []
+    monkeypatch.setattr(training, "code_digest", lambda parts: seen.append(parts) or "digest")
+    training.checkpoint_path("nagl", {}, "synth", None, "b")
+    assert "methods/nagl.py" in seen[0] and "methods/vod.py" not in seen[0] and "study.py" not in seen[0]
+
+
 def test_a_pool_of_two_workers_gives_the_rows_of_one_process(suite, tmp_path):
     name, frame = load_dataset(suite)
     one = evaluate(frame, _knn(), name, [1, 2], [0, 1, 2], categories=["leather", "tile"], store=False,

@@ -191,6 +191,13 @@ def needs_training(name: str) -> bool:
     return _REGISTRY[name].fit is not Method.fit
 
 
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method '{name}'; registered: {list_methods()}")
+    return _REGISTRY[name]
+
+
 def create_method(name: str, **params) -> Method:
     """Instantiate a registered method by name."""
     if name not in _REGISTRY:
