@@ -14,6 +14,7 @@ image AUROC. ``notebooks/05_source_validation.ipynb`` runs the committed checks 
 """
 from __future__ import annotations
 
+import json
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -36,7 +37,8 @@ def validate(method: str, configs: Mapping[str, dict], shots: Sequence[int] = (1
     Args:
         method: registered name of a trained method.
         configs: label -> hyper-parameters (``{}`` = the defaults). The first is the reference of the
-            paired differences in :func:`validation_table`.
+            paired differences in :func:`validation_table`. Configurations that differ only in the method's
+            ``scoring_params`` share one trained model.
         shots, seeds: k and reference draws; the draws are the same for every configuration.
         source: dataset spec of the source (its categories are split, never mixed).
         baseline: label -> kNN parameters of training-free baselines scored on the same draws
@@ -47,6 +49,7 @@ def validate(method: str, configs: Mapping[str, dict], shots: Sequence[int] = (1
     """
     from gadlib.data.load import load_dataset
     from gadlib.methods import create_method
+    from gadlib.methods.base import method_class
     from gadlib.study import evaluate_many
     from gadlib.training import train_all
 
@@ -59,9 +62,18 @@ def validate(method: str, configs: Mapping[str, dict], shots: Sequence[int] = (1
     missing = sorted((set(train_categories) | set(held_out)) - set(frame["category"]))
     if missing:
         raise ValueError(f"validate: {source} has no categories {missing}")
-    jobs = [dict(method=method, source=source, categories=list(train_categories), params=dict(params))
-            for params in configs.values()]
-    models = [model for model, _ in train_all(jobs, progress=progress, workers=workers)]
+    # Configurations that differ only in scoring rules share one trained model.
+    scoring = set(getattr(method_class(method), "scoring_params", ()))
+    trained = {json.dumps({k: v for k, v in sorted(params.items()) if k not in scoring}, default=str): None
+               for params in configs.values()}
+    jobs = [dict(method=method, source=source, categories=list(train_categories), params=json.loads(key))
+            for key in trained]
+    for key, (model, _) in zip(trained, train_all(jobs, progress=progress, workers=workers)):
+        trained[key] = model
+    models = []
+    for params in configs.values():
+        model = trained[json.dumps({k: v for k, v in sorted(params.items()) if k not in scoring}, default=str)]
+        models.append(model.with_params(**{k: v for k, v in params.items() if k in scoring}))
     baseline = {BASELINE: {}} if baseline is None else dict(baseline)
     models += [create_method("knn", **params, progress=progress) for params in baseline.values()]
     labels = list(configs) + list(baseline)

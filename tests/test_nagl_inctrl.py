@@ -279,6 +279,50 @@ def test_predict_shots_equals_predict_and_checkpoints_round_trip(trained, gap_su
             Method.load(path, image_size=64, progress=False)
 
 
+def test_inctrl_combination_known_answers_and_errors():
+    from gadlib.methods.inctrl import InCTRL
+
+    out = dict(holistic=torch.tensor([0.5, 0.9]), patch=torch.tensor([0.1, 0.3]),
+               image=torch.tensor([0.2, 0.7]), final=torch.tensor([0.3, 0.65]))
+    for score in ("patch", "image", "holistic"):
+        assert torch.equal(InCTRL(score=score).combine(out), out[score])
+    assert torch.equal(InCTRL().combine(out), out["final"])
+    z = InCTRL(combination="source_z")
+    with pytest.raises(RuntimeError, match="source statistics"):
+        z.combine(out)
+    z.source_stats_ = torch.tensor([0.0, 2.0, 0.1, 0.1], dtype=torch.float64)
+    # logit(0.5) = 0 -> z_h = 0, z_p = 0; logit(0.9) = log 9 -> z_h = log(9) / 2, z_p = 2
+    expected = torch.tensor([0.0, (math.log(9) / 2 + 2) / 2])
+    torch.testing.assert_close(z.combine(out), expected, rtol=1e-5, atol=1e-6)
+    saturated = dict(out, holistic=torch.tensor([0.0, 1.0]))      # clamped before the logit: finite
+    assert torch.isfinite(z.combine(saturated)).all()
+    for bad in (dict(score="pixel"), dict(combination="sum")):
+        with pytest.raises(ValueError, match="must be one of"):
+            InCTRL(**bad)._check_params()
+
+
+def test_inctrl_terms_are_scoring_switches_of_one_trained_model(trained, gap_suite):
+    from gadlib.data.references import sample_episode
+    from gadlib.methods import References
+
+    model, _ = trained["inctrl"]
+    mean_h, std_h, mean_p, std_p = model.source_stats_.tolist()
+    assert std_h > 0 and std_p > 0 and 0 < mean_p < 1
+    episode = sample_episode(gap_suite, "leather", 4, seed=1, dataset="gap")
+    refs = References.from_episode(episode)
+    terms = {score: model.with_params(score=score).predict(episode.queries, refs, with_pixel=False).image
+             for score in ("final", "patch", "holistic")}
+    np.testing.assert_allclose(terms["final"], (terms["holistic"] + terms["patch"]) / 2, rtol=1e-5, atol=1e-6)
+    tokens, _ = model._features(list(episode.queries))
+    ref_tokens, _ = model._features(list(refs.normal))
+    expected = model.patch_residuals(tokens, ref_tokens, [4])[4].max(1).values.numpy()
+    np.testing.assert_allclose(terms["patch"], expected, rtol=1e-5, atol=1e-6)
+    z = model.with_params(combination="source_z").predict(episode.queries, refs, with_pixel=False).image
+    logit_h = np.log(np.clip(terms["holistic"], 1e-6, 1 - 1e-6) / (1 - np.clip(terms["holistic"], 1e-6, 1 - 1e-6)))
+    np.testing.assert_allclose(z, ((logit_h - mean_h) / std_h + (terms["patch"] - mean_p) / std_p) / 2,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_nagl_ablation_modes(trained, gap_suite):
     from gadlib.data.references import sample_episode
     from gadlib.methods import References, create_method

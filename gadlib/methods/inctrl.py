@@ -10,7 +10,14 @@ For a query and k normal references (references encoded once per episode):
 3. text prior ``s_t`` (optional) -- CLIP zero-shot normal/anomalous prompt score, only with local
    open_clip weights (:mod:`gadlib.modules.text_prior`); without it the method is *InCTRL-vision*;
 4. holistic head -- ``s_i`` (and ``s_t``) added to every entry of the patch map, then an MLP: ``s_h``;
-   final score ``(s_h + s_p) / 2``.
+   final score ``(s_h + s_p) / 2`` (the paper's sum of the two, as the public code writes it).
+
+The image score can be any one term (``score``: ``"patch"`` = ``s_p``, ``"image"`` = ``s_i``,
+``"holistic"`` = ``s_h``) for the ablation, and the final score can combine the terms on one scale
+(``combination="source_z"``): ``s_h`` is a sigmoid whose BatchNorm statistics come from the source, so on a
+far target it saturates at 0 or 1 and its half of the mean swamps ``s_p`` (which spans about 0.05-0.3);
+``"source_z"`` averages ``logit(s_h)`` and ``s_p`` each standardised by its mean and spread over normal
+source queries (fixed at the end of training, like ResAD's source constant), so neither term is lost.
 
 Trained on balanced source batches (8 normal + 8 anomalous of one category) with focal loss on the
 final score and on ``s_i``; the epoch count is fixed in advance and the last epoch kept. The pixel
@@ -38,6 +45,10 @@ from gadlib.kernels.scoring import upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
 from gadlib.modules.losses import focal_loss
+
+SCORES = ("final", "patch", "image", "holistic")
+COMBINATIONS = ("mean", "source_z")
+LOGIT_EPS = 1e-6          # s_h is clamped to [eps, 1 - eps] before its logit
 
 
 class InCTRLHeads(nn.Module):
@@ -82,6 +93,10 @@ class InCTRL(BackboneFeatures, Method):
         focal_gamma: focal-loss focusing parameter.
         simulated_per_category: anomalies simulated on each source category's normal images.
         faithful_double_sigmoid, faithful_reshape: the public code's bugs, as named switches.
+        score: the image score: ``"final"`` (default), or one term for the ablation: ``"patch"`` (``s_p``),
+            ``"image"`` (``s_i``), ``"holistic"`` (``s_h``). Scoring only: one trained model serves all.
+        combination: how ``"final"`` joins ``s_h`` and ``s_p``: ``"mean"`` (the paper's, default) or
+            ``"source_z"`` (each standardised on normal source queries, module docstring). Scoring only.
         vod_channel: VOD reading (A) on each level's patch tokens (``"none"``, ``"ranks"``, ``"gaussian"``).
             The image embedding stays the raw deepest-level mean: under (A) every channel's mean over
             positions is the same constant. Reading (B) does not apply: InCTRL's patch residual is a
@@ -92,7 +107,7 @@ class InCTRL(BackboneFeatures, Method):
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("sigma", "search", "query_batch", "cache_dir")
+    scoring_params = ("sigma", "score", "combination", "search", "query_batch", "cache_dir")
     reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
@@ -101,7 +116,8 @@ class InCTRL(BackboneFeatures, Method):
                  sigma: float = 4.0, epochs: int = 10, steps_per_epoch: int = 100, batch_size: int = 16,
                  train_shots: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4, focal_gamma: float = 2.0,
                  simulated_per_category: int = 30, faithful_double_sigmoid: bool = False,
-                 faithful_reshape: bool = False, vod_channel: str = "none", search: str = "exact", seed: int = 0,
+                 faithful_reshape: bool = False, score: str = "final", combination: str = "mean",
+                 vod_channel: str = "none", search: str = "exact", seed: int = 0,
                  query_batch: int = 32,
                  cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
@@ -123,6 +139,8 @@ class InCTRL(BackboneFeatures, Method):
         self.simulated_per_category = simulated_per_category
         self.faithful_double_sigmoid = faithful_double_sigmoid
         self.faithful_reshape = faithful_reshape
+        self.score = score
+        self.combination = combination
         self.vod_channel = vod_channel
         self.search = search
         self.seed = seed
@@ -135,6 +153,13 @@ class InCTRL(BackboneFeatures, Method):
     def variant(self) -> str:
         """``"InCTRL"`` with the text prior, ``"InCTRL-vision"`` without it."""
         return "InCTRL" if self.text_weights else "InCTRL-vision"
+
+    def _check_params(self) -> None:
+        check_vod(self.vod_channel, "none", self.name)
+        check_search(self.search)
+        for name, value, valid in (("score", self.score, SCORES), ("combination", self.combination, COMBINATIONS)):
+            if value not in valid:
+                raise ValueError(f"inctrl: {name} must be one of {valid}, got '{value}'")
 
     # -- features ----------------------------------------------------------------------------------
     def _layers(self, levels: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -185,7 +210,7 @@ class InCTRL(BackboneFeatures, Method):
         """Train the heads on balanced source batches (see :meth:`SourcePool.episode`)."""
         from gadlib.training import SourcePool, fit_record, optimise
 
-        check_vod(self.vod_channel, "none", self.name)
+        self._check_params()
         cache = self.feature_cache()
         pool = SourcePool(source, cache, self.simulated_per_category, self.seed)
         tokens, embeddings = self._layers(pool.levels)
@@ -211,8 +236,41 @@ class InCTRL(BackboneFeatures, Method):
 
         history = optimise(step, optimizer, self.epochs, self.steps_per_epoch, "inctrl training", self.progress)
         self.heads_.eval()
+        self.source_stats_ = self._source_stats(tokens, embeddings, paths, pool, rng)
         self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started, variant=self.variant)
         return self
+
+    @torch.inference_mode()
+    def _source_stats(self, tokens, embeddings, paths, pool, rng, episodes: int = 20) -> torch.Tensor:
+        """Mean and std of ``logit(s_h)`` and of ``s_p`` over the normal queries of source episodes (fixed after
+        fit): ``(4,)`` = mean_h, std_h, mean_p, std_p, for ``combination="source_z"``."""
+        device = self.feature_cache().device
+        holistic, patch = [], []
+        for _ in range(episodes):
+            episode = pool.episode(rng, int(rng.integers(1, self.train_shots + 1)), self.batch_size, 0.5)
+            q, r = torch.from_numpy(episode.queries), torch.from_numpy(episode.references)
+            normal = torch.from_numpy(pool.frame["label"].to_numpy()[episode.queries] == 0)
+            k = len(r)
+            maps = self.patch_residuals([t[q].to(device) for t in tokens], [t[r].to(device) for t in tokens], [k])[k]
+            out = self.heads_(maps, embeddings[q].to(device), embeddings[r].to(device),
+                              self._text_scores([paths[i] for i in episode.queries]))
+            holistic.append(torch.logit(out["holistic"].cpu()[normal], LOGIT_EPS))
+            patch.append(out["patch"].cpu()[normal])
+        holistic, patch = torch.cat(holistic).double(), torch.cat(patch).double()
+        return torch.stack([holistic.mean(), holistic.std().clamp_min(1e-6), patch.mean(), patch.std().clamp_min(1e-6)])
+
+    def combine(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image score ``score`` and ``combination`` ask for, from the heads' outputs."""
+        if self.score != "final":
+            return out[self.score]
+        if self.combination == "mean":
+            return out["final"]
+        if not hasattr(self, "source_stats_"):
+            raise RuntimeError("inctrl: combination='source_z' needs the source statistics of a model trained "
+                               "with this version (retrain it)")
+        mean_h, std_h, mean_p, std_p = self.source_stats_.to(out["patch"].device, torch.float32)
+        z_h = (torch.logit(out["holistic"], LOGIT_EPS) - mean_h) / std_h
+        return ((z_h + (out["patch"] - mean_p) / std_p) / 2)
 
     def _focal(self, probability: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.faithful_double_sigmoid:   # the public code squashes the probabilities a second time
@@ -226,8 +284,7 @@ class InCTRL(BackboneFeatures, Method):
         """Scores for the first k normal references, every k in ``shots`` (references encoded once)."""
         if not hasattr(self, "heads_"):
             raise RuntimeError("inctrl is not fitted: call fit(source), `gad train --method inctrl`, or load a checkpoint")
-        check_vod(self.vod_channel, "none", self.name)
-        check_search(self.search)
+        self._check_params()
         shots = check_shots(references, shots)
         check_not_scored(queries, references)
         refs = list(references.normal[:shots[-1]])
@@ -242,7 +299,7 @@ class InCTRL(BackboneFeatures, Method):
             text = self._text_scores(batch)
             for k, patch in self.patch_residuals(tokens, ref_tokens, shots, self.search).items():
                 out = self.heads_(patch, embeddings, ref_embeddings[:k], text)
-                image_scores[k].append(out["final"].cpu())
+                image_scores[k].append(self.combine(out).cpu())
                 if with_pixel:
                     pixel_maps[k].append(upsample_blur(patch.reshape(-1, side, side), self.image_size, self.sigma,
                                                               self.cell_offset(side)).cpu())
@@ -258,4 +315,6 @@ class InCTRL(BackboneFeatures, Method):
                                   self.hidden, bool(self.text_weights))
         self.heads_.load_state_dict(heads)
         self.heads_.to(self.feature_cache().device).eval()
+        if "source_stats_" in state:
+            self.source_stats_ = state["source_stats_"]
         self.fit_record_ = fit
