@@ -124,7 +124,7 @@ def test_vod_scores_are_consistent_over_k_and_round_trip(gap_suite, trained_vod)
         np.testing.assert_allclose(together[k].image, alone.image, rtol=1e-5)
     loaded = Method.load(path, progress=False)
     np.testing.assert_allclose(loaded.predict(episode.queries, refs).image, together[4].image, rtol=1e-6)
-    both = together[4].image
+    both = model.with_params(scoring="both").predict(episode.queries, refs).image
     head = model.with_params(scoring="head").predict(episode.queries, refs).image
     references = model.with_params(scoring="references").predict(episode.queries, refs).image
     assert (0 <= head).all() and (head <= 1).all() and (0 <= references).all() and (references <= 1).all()
@@ -132,6 +132,13 @@ def test_vod_scores_are_consistent_over_k_and_round_trip(gap_suite, trained_vod)
     # The image score is the max of the smoothed map of (head + references) / 2, so it is at most
     # the mean of the two maxima.
     assert (both <= (head + references) / 2 + 1e-6).all()
+    # gated = |r| x the mean of the two, patch by patch
+    torch.manual_seed(0)
+    res, abnormal = torch.randn(50, model.input_mean_.shape[0]), torch.randn(7, model.input_mean_.shape[0])
+    patch = {mode: model.with_params(scoring=mode)._patch_scores(res, abnormal) for mode in ("gated", "both", "distance")}
+    torch.testing.assert_close(patch["gated"], patch["distance"] * patch["both"])
+    torch.testing.assert_close(patch["distance"], res.norm(dim=1))
+    assert np.allclose(together[4].image, model.with_params(scoring="gated").predict(episode.queries, refs).image)
     with pytest.raises(ValueError, match="also queries"):
         model.predict(episode.queries[:2] + [refs.normal[0]], refs)
     with pytest.raises(ValueError, match="fit a new model"):
@@ -142,21 +149,23 @@ def test_vod_scores_are_consistent_over_k_and_round_trip(gap_suite, trained_vod)
 
 def test_tiny_vod_train_and_evaluate_beats_chance_on_an_unseen_category(gap_suite, trained_vod):
     """End to end on an unseen category with cut-and-paste references. Without decomposition the
-    pipeline must beat chance; with both readings (the default) it must at least produce valid scores
-    (on this tiny suite it does not beat chance -- the study measures where the readings help)."""
+    pipeline ranks the unseen defects well; with both readings (the default) it must produce valid, non-negative
+    scores (on this tiny suite it ranks them worse -- the study measures where the readings help; whether the
+    learned parts earn their place is tests/test_learning.py's question)."""
     from gadlib.study import evaluate
 
     model, _ = trained_vod
     assert [h["epoch"] for h in model.fit_record_["history"]] == [1, 2]
     plain = create_method("vod", vod_channel="none", vod_position="none", **SMALL).fit(
         gap_suite[gap_suite["category"] != "leather"])
-    for method, floor in ((plain, 0.6), (model, 0.0)):
+    for method, floor in ((plain, 0.75), (model, None)):
         result = evaluate(gap_suite, method, "gap", shots=[2, 4], seeds=[0, 1, 2], categories=["leather"],
                           abnormal_shots=1, abnormal_source="simulated", progress=False)
         auroc = result.tidy[result.tidy["metric"] == "image_auroc"]["value"]
-        assert len(auroc) == 6 and auroc.between(0, 1).all() and auroc.mean() > floor, auroc.tolist()
+        assert len(auroc) == 6 and auroc.between(0, 1).all(), auroc.tolist()
+        assert floor is None or auroc.mean() > floor, auroc.tolist()
         scores = result.scores
-        assert scores["score"].between(0, 1).all()
+        assert (scores["score"] >= 0).all() and np.isfinite(scores["score"]).all()
 
 
 def test_reading_b_changes_what_resad_and_nagl_see(gap_suite):
