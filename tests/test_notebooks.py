@@ -197,6 +197,15 @@ def test_normal_abnormal_tables_come_from_the_tidy_rows(normal_abnormal):
     assert set(ablation["method"]) == {"normal map only", "NAGL (full)"}
     full = ablation[(ablation["method"] == "NAGL (full)") & (ablation["metric"] == "image_auroc")]
     assert len(full) and set(full["abnormal_shots"]) == {1}
+    # InCTRL's terms: one trained model scored five ways; the paper's final score is the mean of s_h and s_p
+    terms = pd.read_csv(normal_abnormal / "inctrl_terms_tidy.csv")
+    assert terms["method"].nunique() == 5 and set(terms["abnormal_shots"]) == {0}
+    auroc = terms[terms["metric"] == "image_auroc"].set_index(["method", "shots", "seed"])["value"]
+    paper = auroc.xs("final: (s_h + s_p) / 2 (paper)", level="method")
+    inctrl = tidy[(tidy["method"] == "InCTRL-vision") & (tidy["abnormal_shots"] == 0) & (tidy["metric"] == "image_auroc")
+                  & (tidy["protocol"] == "label-free") & ~tidy["domain"].isin(["mono", "poly"])]
+    assert sorted(paper.round(6)) == sorted(inctrl["value"].round(6))
+    assert "s_p: patch residual" in (normal_abnormal / "table_inctrl_terms.md").read_text()
 
 
 @pytest.fixture(scope="module")
