@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,19 +20,27 @@ def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None 
     from traitlets.config import Config
 
     # The kernel talks to papermill over local sockets. Over TCP (the default) every kernel warns that the
-    # traffic is unencrypted; IPC sockets are files in the user's private Jupyter runtime folder, so there
-    # is nothing to warn about. Windows has no IPC transport and keeps TCP.
+    # traffic is unencrypted; IPC sockets are files, so there is nothing to warn about. They would be created
+    # in the notebook's folder (and left there by a killed kernel), so they go to a private temporary folder.
+    # Windows has no IPC transport and keeps TCP.
     config = Config()
+    sockets = None
     if os.name == "posix":
+        sockets = tempfile.TemporaryDirectory(prefix="gadlib-kernel-")
         config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(sockets.name, "kernel-ipc")
     notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
     with atomic_folder(out) as folder:
         start = time.perf_counter()
-        papermill.execute_notebook(str(notebook), str(folder / notebook.name),
-                                   parameters=dict(parameters or {}, out_dir=str(folder)),
-                                   kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
-                                   progress_bar=False, config=config)
+        try:
+            papermill.execute_notebook(str(notebook), str(folder / notebook.name),
+                                       parameters=dict(parameters or {}, out_dir=str(folder)),
+                                       kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
+                                       progress_bar=False, config=config)
+        finally:
+            if sockets is not None:
+                sockets.cleanup()
         (folder / "runtime_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     return out / notebook.name

@@ -66,6 +66,8 @@ def test_quickstart_writes_tables_figures_and_records(quickstart):
     assert not _errors(quickstart / "00_quickstart.ipynb")
     params = json.loads((quickstart / "parameters.json").read_text())
     assert params["shots"] == [1, 2] and params["max_per_group"] == 4
+    # The kernel's IPC sockets live in a temporary folder, not beside the notebooks.
+    assert not list(NOTEBOOK_DIR.glob("kernel-ipc-*"))
 
 
 def test_quickstart_table_is_computed_from_its_rows(quickstart):
