@@ -202,7 +202,9 @@ def test_tiny_training_records_finite_curves(trained):
 
 
 @pytest.mark.parametrize("name", ["nagl", "inctrl"])
-def test_tiny_train_and_evaluate_beats_chance_on_an_unseen_category(trained, gap_suite, name):
+def test_tiny_train_and_evaluate_end_to_end_on_an_unseen_category(trained, gap_suite, name):
+    """The study path on a trained model with an abnormal reference. The bar is a regression guard that the
+    training-free normal map alone also clears: whether training earns its place is tests/test_learning.py's."""
     from gadlib.study import evaluate
 
     model, _ = trained[name]

@@ -147,7 +147,7 @@ def test_vod_scores_are_consistent_over_k_and_round_trip(gap_suite, trained_vod)
         create_method("vod", image_size=96, progress=False).predict(episode.queries, refs)
 
 
-def test_tiny_vod_train_and_evaluate_beats_chance_on_an_unseen_category(gap_suite, trained_vod):
+def test_tiny_vod_train_and_evaluate_end_to_end_on_an_unseen_category(gap_suite, trained_vod):
     """End to end on an unseen category with cut-and-paste references. Without decomposition the
     pipeline ranks the unseen defects well; with both readings (the default) it must produce valid, non-negative
     scores (on this tiny suite it ranks them worse -- the study measures where the readings help; whether the
