@@ -25,6 +25,7 @@ study: $(STAMP)
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md README.md --marker nagl-ablation-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_inctrl_terms.md README.md --marker inctrl-terms-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_published.md README.md --marker published-table
 	$(BIN)/gad embed $(STUDY_OUT)/residual_space/table_alignment.md README.md --marker alignment-table
 	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_summary.md README.md --marker three-gaps-table
