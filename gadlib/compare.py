@@ -8,7 +8,7 @@ same seeds and categories of the *after* run).
 
 Example::
 
-    from gadlib.compare import STUDY_VIEWS, before_after, read_tidy
+    from gadlib.compare import before_after, read_tidy
     table = before_after(read_tidy("HEAD~20"), read_tidy(), trained=["ResAD", "InCTRL-vision", "NAGL", "VOD: A + B"],
                          training_free=["kNN", "kNN + A", "s_p: patch residual (training-free)"])
 """
@@ -93,10 +93,10 @@ def before_after(before: pd.DataFrame, after: pd.DataFrame, trained: Sequence[st
         return out.set_index(["dataset", "method", "shots"])["mean"]
 
     old, new = means(before), means(after)
-    missing = [m for m in dict.fromkeys([*trained, *training_free]) if m not in set(new.index.get_level_values("method"))]
+    methods = set(new.index.get_level_values("method"))
+    missing = [m for m in dict.fromkeys([*trained, *training_free]) if m not in methods]
     if missing:
-        raise ValueError(f"no '{metric}' rows for {missing} in the after rows; "
-                         f"methods: {sorted(set(new.index.get_level_values('method')))}")
+        raise ValueError(f"no '{metric}' rows for {missing} in the after rows; methods: {sorted(methods)}")
     free = new[new.index.get_level_values("method").isin(training_free)].reset_index()
     best = free.loc[free.groupby(["dataset", "shots"])["mean"].idxmax()].set_index(["dataset", "shots"])
     rows = []

@@ -24,23 +24,17 @@ def run_notebook(notebook: str | Path, out: str | Path, parameters: dict | None 
     # in the notebook's folder (and left there by a killed kernel), so they go to a private temporary folder.
     # Windows has no IPC transport and keeps TCP.
     config = Config()
-    sockets = None
-    if os.name == "posix":
-        sockets = tempfile.TemporaryDirectory(prefix="gadlib-kernel-")
-        config.KernelManager.transport = "ipc"
-        config.KernelManager.ip = os.path.join(sockets.name, "kernel-ipc")
     notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
-    with atomic_folder(out) as folder:
+    with atomic_folder(out) as folder, tempfile.TemporaryDirectory(prefix="gadlib-kernel-") as sockets:
+        if os.name == "posix":
+            config.KernelManager.transport = "ipc"
+            config.KernelManager.ip = os.path.join(sockets, "kernel-ipc")
         start = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(notebook), str(folder / notebook.name),
-                                       parameters=dict(parameters or {}, out_dir=str(folder)),
-                                       kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
-                                       progress_bar=False, config=config)
-        finally:
-            if sockets is not None:
-                sockets.cleanup()
+        papermill.execute_notebook(str(notebook), str(folder / notebook.name),
+                                   parameters=dict(parameters or {}, out_dir=str(folder)),
+                                   kernel_name=kernel_name, cwd=str(notebook.parent.resolve()),
+                                   progress_bar=False, config=config)
         (folder / "runtime_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     return out / notebook.name
