@@ -251,17 +251,18 @@ def score_cell(method: Method, dataset: str, shots: Sequence[int], abnormal_shot
                masks_for: dict) -> dict:
     """Score one (category, seed) draw for every k; tidy rows and per-query scores as JSON-ready columns.
 
-    ``masks_for`` keeps the last category's query masks: queries repeat across seeds (references come
-    from the pool), so their masks are read once.
+    ``masks_for`` keeps the last category's query masks at the last map size: queries repeat across seeds
+    (references come from the pool), so their masks are read once per size.
     """
     category, seed, episodes, queries = cell["category"], cell["seed"], cell["episodes"], cell["queries"]
     longest = episodes[shots[-1]]
     scores_by_k = method.predict_shots(longest.queries, References.from_episode(longest), shots, cell["with_pixel"])
     masks = None
     if cell["with_pixel"]:
-        if masks_for.get(category, (None,))[0] != longest.queries:
-            size = next(iter(scores_by_k.values())).pixel.shape[-1]
-            masks_for[category] = (longest.queries, load_masks(queries["mask_path"].tolist(), longest.queries, size))
+        size = next(iter(scores_by_k.values())).pixel.shape[-1]
+        if masks_for.get(category, (None,))[0] != (longest.queries, size):      # maps of another size: reload
+            masks_for[category] = ((longest.queries, size),
+                                   load_masks(queries["mask_path"].tolist(), longest.queries, size))
         masks = masks_for[category][1]
     labels = queries["label"].to_numpy()
     tidy_rows, score_parts = [], []

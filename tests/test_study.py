@@ -180,3 +180,16 @@ def test_defect_auroc_known_answer():
     assert table.loc["big", "mean"] == pytest.approx(1.0) and table.loc["big", "std"] == 0
     assert table.loc["faint", "mean"] == pytest.approx(0.25)  # seed 0: 0.0, seed 1: 0.5
     assert table.loc["faint", "seeds"] == 2
+
+
+def test_methods_of_two_image_sizes_in_one_schedule_get_masks_of_their_own_size(tiny_suite):
+    from gadlib.study import evaluate_many
+
+    _, frame = tiny_suite
+    small, large = create_method("knn", **KNN), create_method("knn", image_size=96, progress=False)
+    requests = [dict(frame=frame, method=m, dataset="synth", shots=[2], seeds=[0]) for m in (small, large)]
+    together = evaluate_many(requests, progress=False, store=False, workers=1)
+    alone = evaluate(frame, large, "synth", shots=[2], seeds=[0], progress=False)
+    pixel = together[1].tidy[together[1].tidy["metric"].str.startswith("pixel")]
+    assert len(pixel) and np.allclose(pixel["value"].to_numpy(),
+                                      alone.tidy.loc[alone.tidy["metric"].str.startswith("pixel"), "value"].to_numpy())
