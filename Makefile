@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/gad study --out $(STUDY_OUT)
 	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
+	$(BIN)/gad embed $(STUDY_OUT)/baselines/table_baselines.md README.md --marker baselines-table
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
 	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
 	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table

@@ -57,6 +57,7 @@ class StudyNotebook:
 STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
     StudyNotebook(name, REPO_ROOT / "notebooks" / file) for file, name in (
         ("00_quickstart.ipynb", "quickstart"),
+        ("12_baselines.ipynb", "baselines"),
         ("20_cross_domain.ipynb", "cross_domain"),
         ("25_normal_abnormal.ipynb", "normal_abnormal"),
         ("10_residual_space.ipynb", "residual_space"),

@@ -61,7 +61,7 @@ def test_get_params_round_trip():
     params = method.get_params()
     assert params["levels"] == (2, 3) and params["metric"] == "cosine" and params["grid"] == 6
     assert set(params) == {"backbone", "levels", "image_size", "grid", "neighbourhood", "metric", "sigma",
-                           "reduction", "vod_channel", "search", "query_batch", "backbone_weights", "cache_dir", "device",
+                           "reduction", "vod_channel", "search", "query_batch", "backbone_weights", "fusion", "cache_dir", "device",
                            "progress"}
     assert create_method("knn", **params).get_params() == params
     assert KNNResidual().get_params() != params

@@ -182,3 +182,30 @@ def simulate(image: np.ndarray, method: str, rng: np.random.Generator, **kwargs)
     if method not in SIMULATORS:
         raise ValueError(f"unknown simulation method {method!r}; valid methods: {', '.join(SIMULATORS)}")
     return SIMULATORS[method](image, rng, **kwargs)
+
+
+# -- global anomalies ---------------------------------------------------------------------------------------
+GLOBAL_CHANGES = ("coarser", "flatter", "blurred")
+
+
+def global_change(image: np.ndarray, kind: str) -> np.ndarray:
+    """A whole-image anomaly that no single patch shows (for validating global scores on source data).
+
+    ``"coarser"``: the content zoomed in by 8 % (bilinear, centre crop): every structure slightly larger;
+    ``"flatter"``: contrast cut to 85 % about the image mean; ``"blurred"``: Gaussian smoothing, sigma 1 px.
+    Deterministic; returns a new uint8 image of the input's shape.
+    """
+    _check_image(image)
+    if kind not in GLOBAL_CHANGES:
+        raise ValueError(f"unknown global change {kind!r}; valid: {', '.join(GLOBAL_CHANGES)}")
+    data = image.astype(np.float64)
+    if kind == "coarser":
+        h, w = data.shape[:2]
+        zoomed = ndimage.zoom(data, (1.08, 1.08) + (1,) * (data.ndim - 2), order=1)
+        top, left = (zoomed.shape[0] - h) // 2, (zoomed.shape[1] - w) // 2
+        data = zoomed[top:top + h, left:left + w]
+    elif kind == "flatter":
+        data = data.mean() + 0.85 * (data - data.mean())
+    else:
+        data = ndimage.gaussian_filter(data, sigma=(1.0, 1.0) + (0,) * (data.ndim - 2))
+    return np.clip(np.rint(data), 0, 255).astype(np.uint8)

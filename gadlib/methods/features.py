@@ -3,11 +3,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from gadlib.cache import FeatureCache, shared_cache
+from gadlib.kernels.fusion import fuse
+from gadlib.kernels.global_residual import image_residual
 from gadlib.kernels.patches import align_levels, local_aggregate
 from gadlib.kernels.vod import channel_vod_grid, position_vod_any
+
+# Label-free fusion of a method's own (local) image score with the image-level residual
+# (:mod:`gadlib.kernels.fusion`): name -> the rule's constants. "global" was chosen on synthetic source
+# categories with simulated global anomalies, never on a target (``notebooks/12_baselines.ipynb``): of the rules
+# that cost the local defects at most a point at every k, the one that finds the most global anomalies.
+FUSIONS = {"none": None, "global": dict(shrink=0.5, others="excess", weight=1.0, combine="sum")}
+GLOBAL_BATCH = 64          # queries whose statistics are computed at once
 
 
 class BackboneFeatures:
@@ -53,6 +63,56 @@ class BackboneFeatures:
         cache = self.feature_cache()
         return self.aligned(cache.get(paths)).to(cache.device)
 
+    # -- fusion with the image-level residual ----------------------------------------------------------
+    def global_scores(self, queries: Sequence[str], references: Sequence[str]) -> torch.Tensor:
+        """``(N,)`` image-level residual of each query against ``references`` (the backbone's raw levels,
+        :func:`gadlib.kernels.global_residual.image_residual`), computed in batches of queries."""
+        cache = self.feature_cache()
+        refs = cache.get(list(references))
+        return torch.cat([image_residual(cache.get(list(queries[start:start + GLOBAL_BATCH])), refs)
+                          for start in range(0, len(queries), GLOBAL_BATCH)])
+
+    def fusion_channels(self, queries: Sequence[str], references, scores: dict) -> dict:
+        """For every k >= 2 of ``scores`` (``{k: Scores}``, this method's own): the two channels that
+        :meth:`fuse_global` fuses, ``{k: [(own (N,), own_normal (k,)), (global (N,), global_normal (k,))]}``.
+
+        ``*_normal`` are leave-one-out scores: each of the first k normal references scored against the
+        other k - 1, by this method with ``fusion="none"`` (abnormal references kept) and by the image residual.
+        """
+        from gadlib.methods.base import References
+
+        plain = self.with_params(fusion="none", progress=False)
+        normal = list(references.normal)
+        channels = {}
+        for k in sorted(scores):
+            if k < 2:
+                continue
+            own_normal, global_normal = [], []
+            for held_out in range(k):
+                others = normal[:held_out] + normal[held_out + 1:k]
+                guide = References(others, list(references.abnormal), list(references.abnormal_masks))
+                own_normal.append(float(plain.predict([normal[held_out]], guide, with_pixel=False).image[0]))
+                global_normal.append(float(self.global_scores([normal[held_out]], others)[0]))
+            channels[k] = [(torch.from_numpy(np.asarray(scores[k].image)), torch.tensor(own_normal)),
+                           (self.global_scores(queries, normal[:k]), torch.tensor(global_normal))]
+        return channels
+
+    def fuse_global(self, queries: Sequence[str], references, shots: Sequence[int], scores: dict) -> dict:
+        """``scores`` (``{k: Scores}``) with image scores fused with the image-level residual when the
+        ``fusion`` hyper-parameter asks for it (:data:`FUSIONS`, :func:`gadlib.kernels.fusion.fuse`); pixel
+        maps stay the method's own. Both channels are calibrated on the k normal references alone
+        (:meth:`fusion_channels`); at k = 1 there is nothing to calibrate with and the method's own scores
+        are returned.
+        """
+        from gadlib.methods.base import Scores
+
+        rule = check_fusion(getattr(self, "fusion", "none"), self.name)
+        if rule is None:
+            return scores
+        channels = self.fusion_channels(queries, references, scores)
+        return {k: Scores(image=fuse(channels[k], **rule).numpy(), pixel=scores[k].pixel) if k in channels
+                else scores[k] for k in scores}
+
 
 def mask_coverage(masks: Sequence[str | None], paths: Sequence[str], image_size: int,
                   side: tuple[int, int], offset: float | None = None) -> torch.Tensor:
@@ -75,6 +135,13 @@ def abnormal_cells(coverage: torch.Tensor, threshold: float) -> torch.Tensor:
     most = coverage.amax(dim=1, keepdim=True)
     inside = coverage >= torch.clamp(most, max=threshold)
     return torch.where(most > 0, inside & (coverage > 0), torch.ones_like(inside))
+
+
+def check_fusion(fusion: str, name: str = "method") -> dict | None:
+    """The constants of a :data:`FUSIONS` rule (``None`` for ``"none"``); ``ValueError`` for an unknown name."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"{name}: fusion must be one of {sorted(FUSIONS)}, got '{fusion}'")
+    return FUSIONS[fusion]
 
 
 def check_shots(references, shots: Sequence[int]) -> list[int]:

@@ -43,7 +43,8 @@ from gadlib.kernels.vod import channel_vod_grid, check_vod
 from gadlib.kernels.residual import check_search, nearest_per_group
 from gadlib.kernels.scoring import upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, collect_scores, check_backbone, check_not_scored, check_shots
+from gadlib.methods.features import (BackboneFeatures, check_backbone, check_fusion, check_not_scored, check_shots,
+                                    collect_scores)
 from gadlib.modules.losses import focal_loss
 
 SCORES = ("final", "patch", "image", "holistic")
@@ -104,10 +105,13 @@ class InCTRL(BackboneFeatures, Method):
         search: how query patches are matched to the normal references at inference: ``"exact"``
             (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
             Training always searches exactly.
+        fusion: ``"none"`` (default) or ``"global"``: the image score fused, label-free, with the image-level
+            residual, both calibrated on the k normal references by leave-one-out
+            (:meth:`~gadlib.methods.features.BackboneFeatures.fuse_global`; pixel maps unchanged; k = 1 unchanged).
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("sigma", "score", "combination", "search", "query_batch", "cache_dir")
+    scoring_params = ("fusion", "sigma", "score", "combination", "search", "query_batch", "cache_dir")
     reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
@@ -119,7 +123,7 @@ class InCTRL(BackboneFeatures, Method):
                  faithful_reshape: bool = False, score: str = "final", combination: str = "mean",
                  vod_channel: str = "none", search: str = "exact", seed: int = 0,
                  query_batch: int = 32,
-                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
+                 fusion: str = "none", cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -148,6 +152,7 @@ class InCTRL(BackboneFeatures, Method):
         self.cache_dir = cache_dir
         self.device = device
         self.progress = progress
+        self.fusion = fusion
 
     @property
     def variant(self) -> str:
@@ -157,6 +162,7 @@ class InCTRL(BackboneFeatures, Method):
     def _check_params(self) -> None:
         check_vod(self.vod_channel, "none", self.name)
         check_search(self.search)
+        check_fusion(self.fusion, self.name)
         for name, value, valid in (("score", self.score, SCORES), ("combination", self.combination, COMBINATIONS)):
             if value not in valid:
                 raise ValueError(f"inctrl: {name} must be one of {valid}, got '{value}'")
@@ -303,7 +309,7 @@ class InCTRL(BackboneFeatures, Method):
                 if with_pixel:
                     pixel_maps[k].append(upsample_blur(patch.reshape(-1, side, side), self.image_size, self.sigma,
                                                               self.cell_offset(side)).cpu())
-        return collect_scores(image_scores, pixel_maps, with_pixel)
+        return self.fuse_global(queries, references, shots, collect_scores(image_scores, pixel_maps, with_pixel))
 
 
     # -- persistence -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from gadlib.kernels.residual import check_search, nearest_per_group
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, collect_scores, check_not_scored, check_shots
+from gadlib.methods.features import BackboneFeatures, check_fusion, check_not_scored, check_shots, collect_scores
 
 
 @register_method("knn")
@@ -38,6 +38,9 @@ class KNNResidual(BackboneFeatures, Method):
             to the nearest normal patch (it keeps each residual's norm), so kNN has no ``vod_position``.
         search: how query patches are matched to the normal references at inference: ``"exact"``
             (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
+        fusion: ``"none"`` (default) or ``"global"``: the image score fused, label-free, with the image-level
+            residual, both calibrated on the k normal references by leave-one-out
+            (:meth:`~gadlib.methods.features.BackboneFeatures.fuse_global`; pixel maps unchanged; k = 1 unchanged).
         query_batch: queries scored at once (bounds memory together with the kernel's chunks).
         backbone_weights: local weights file for backbones without packaged weights.
         cache_dir: feature cache folder (default ``$GADLIB_CACHE`` or ``~/.cache/gadlib``).
@@ -51,7 +54,7 @@ class KNNResidual(BackboneFeatures, Method):
                  image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
                  metric: str = "l2", sigma: float = 4.0, reduction: str = "max", vod_channel: str = "none",
                  search: str = "exact", query_batch: int = 64, backbone_weights: str | None = None,
-                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
+                 fusion: str = "none", cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -67,6 +70,7 @@ class KNNResidual(BackboneFeatures, Method):
         self.cache_dir = cache_dir
         self.device = device
         self.progress = progress
+        self.fusion = fusion
 
     def predict_shots(self, queries: Sequence[str], references: References, shots: Sequence[int],
                       with_pixel: bool = True) -> dict[int, Scores]:
@@ -79,6 +83,7 @@ class KNNResidual(BackboneFeatures, Method):
         check_not_scored(queries, references)
         check_vod(self.vod_channel, "none", self.name)
         check_search(self.search)
+        check_fusion(self.fusion, self.name)
         refs = list(references.normal[:shots[-1]])
         cache = self.feature_cache()
         cache.ensure(refs + list(queries))
@@ -99,4 +104,4 @@ class KNNResidual(BackboneFeatures, Method):
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())
-        return collect_scores(image_scores, pixel_maps, with_pixel)
+        return self.fuse_global(queries, references, shots, collect_scores(image_scores, pixel_maps, with_pixel))

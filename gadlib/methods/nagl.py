@@ -41,8 +41,8 @@ from gadlib.kernels.scoring import image_score, topk_mean, upsample_blur
 from gadlib.kernels.similarity import normal_abnormal_map, proxy_similarity
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_not_scored,
-                                    check_shots, collect_scores, mask_coverage)
+from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_fusion,
+                                    check_not_scored, check_shots, collect_scores, mask_coverage)
 from gadlib.modules.attention import ProxyAttention, stack_references
 from gadlib.modules.losses import dice_loss, focal_loss
 
@@ -105,10 +105,13 @@ class NAGL(BackboneFeatures, Method):
         search: how query patches are matched to the normal references at inference: ``"exact"``
             (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
             Training always searches exactly.
+        fusion: ``"none"`` (default) or ``"global"``: the image score fused, label-free, with the image-level
+            residual, both calibrated on the k normal references by leave-one-out
+            (:meth:`~gadlib.methods.features.BackboneFeatures.fuse_global`; pixel maps unchanged; k = 1 unchanged).
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("mode", "sigma", "reduction", "search", "query_batch", "cache_dir")
+    scoring_params = ("fusion", "mode", "sigma", "reduction", "search", "query_batch", "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",
@@ -121,7 +124,7 @@ class NAGL(BackboneFeatures, Method):
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, faithful_mask_order: bool = False,
                  faithful_positions: bool = False, vod_channel: str = "none", vod_position: str = "none",
                  search: str = "exact", seed: int = 0, query_batch: int = 32,
-                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
+                 fusion: str = "none", cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -156,9 +159,11 @@ class NAGL(BackboneFeatures, Method):
         self.cache_dir = cache_dir
         self.device = device
         self.progress = progress
+        self.fusion = fusion
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _check_params(self) -> None:
+        check_fusion(self.fusion, self.name)
         if self.mode not in MODES:
             raise ValueError(f"nagl: mode must be one of {MODES}, got '{self.mode}'")
         if self.center not in CENTERS:
@@ -361,7 +366,7 @@ class NAGL(BackboneFeatures, Method):
                 image_scores[k].append(image_score(pixel, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(pixel.cpu())
-        return collect_scores(image_scores, pixel_maps, with_pixel)
+        return self.fuse_global(queries, references, shots, collect_scores(image_scores, pixel_maps, with_pixel))
 
     def _abnormal_references(self, references: References, side: tuple[int, int], dim: int):
         """Abnormal-reference patches ``(m, N, D)`` and their attended cells ``(m, N)``."""

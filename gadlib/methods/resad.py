@@ -34,7 +34,7 @@ from gadlib.kernels.vod import channel_vod_grid, check_vod
 from gadlib.kernels.residual import METRICS, check_search, nearest_in_shots, residual
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import BackboneFeatures, check_backbone, check_not_scored, check_shots
+from gadlib.methods.features import BackboneFeatures, check_backbone, check_fusion, check_not_scored, check_shots
 from gadlib.modules.constraintor import CONSTRAINT_LOSSES, FeatureConstraintor, occ_loss, shell_loss
 from gadlib.modules.flow import ConditionalFlow, boundary_push_pull
 
@@ -77,10 +77,13 @@ class ResAD(BackboneFeatures, Method):
             (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
             Training always searches exactly.
         seed: initialisation, episodes and simulation.
+        fusion: ``"none"`` (default) or ``"global"``: the image score fused, label-free, with the image-level
+            residual, both calibrated on the k normal references by leave-one-out
+            (:meth:`~gadlib.methods.features.BackboneFeatures.fuse_global`; pixel maps unchanged; k = 1 unchanged).
         query_batch, cache_dir, device, progress: as ``knn``.
     """
 
-    scoring_params = ("normalization", "sigma", "reduction", "search", "query_batch", "cache_dir")
+    scoring_params = ("fusion", "normalization", "sigma", "reduction", "search", "query_batch", "cache_dir")
     reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
@@ -94,7 +97,7 @@ class ResAD(BackboneFeatures, Method):
                  anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  simulated_per_category: int = 30, max_flow_positions: int = 4096, vod_channel: str = "none",
                  vod_position: str = "none", search: str = "exact", seed: int = 0,
-                 query_batch: int = 32, cache_dir: str | None = None, device: str | None = None,
+                 query_batch: int = 32, fusion: str = "none", cache_dir: str | None = None, device: str | None = None,
                  progress: bool = True):
         self.backbone = backbone
         self.levels = levels
@@ -132,6 +135,7 @@ class ResAD(BackboneFeatures, Method):
         self.cache_dir = cache_dir
         self.device = device
         self.progress = progress
+        self.fusion = fusion
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -142,6 +146,7 @@ class ResAD(BackboneFeatures, Method):
                 raise ValueError(f"resad: {name} must be one of {valid}, got '{value}'")
         check_vod(self.vod_channel, self.vod_position, self.name)
         check_search(self.search)
+        check_fusion(self.fusion, self.name)
 
     def _features(self, paths: Sequence[str]) -> list[torch.Tensor]:
         cache = self.feature_cache()
@@ -297,7 +302,8 @@ class ResAD(BackboneFeatures, Method):
                 for k in shots:
                     res = self._residual(features, banks[level], found[k][1])
                     log_p[k][level].append(self._log_likelihood(level, res).cpu())
-        return {k: self._scores([torch.cat(parts) for parts in log_p[k]], with_pixel) for k in shots}
+        scores = {k: self._scores([torch.cat(parts) for parts in log_p[k]], with_pixel) for k in shots}
+        return self.fuse_global(queries, references, shots, scores)
 
 
     def _scores(self, log_p: list[torch.Tensor], with_pixel: bool) -> Scores:

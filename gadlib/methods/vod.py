@@ -55,8 +55,8 @@ from gadlib.kernels.residual import check_search, nearest_in_first, nearest_neig
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
-from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_not_scored,
-                                    check_shots, collect_scores, mask_coverage)
+from gadlib.methods.features import (BackboneFeatures, abnormal_cells, check_backbone, check_fusion,
+                                    check_not_scored, check_shots, collect_scores, mask_coverage)
 from gadlib.modules.losses import focal_loss
 
 SCORINGS = ("gated", "both", "head", "references", "distance")
@@ -93,10 +93,13 @@ class VOD(BackboneFeatures, Method):
         search: how query patches are matched to the normal references at inference: ``"exact"``
             (default), ``"float16"``, ``"faiss"`` or ``"faiss-ivf"`` (:mod:`gadlib.kernels.residual`).
             Training always searches exactly.
+        fusion: ``"none"`` (default) or ``"global"``: the image score fused, label-free, with the image-level
+            residual, both calibrated on the k normal references by leave-one-out
+            (:meth:`~gadlib.methods.features.BackboneFeatures.fuse_global`; pixel maps unchanged; k = 1 unchanged).
         seed, query_batch, cache_dir, device, progress: as ``resad``.
     """
 
-    scoring_params = ("scoring", "synthetic_references", "sigma", "reduction", "search", "query_batch",
+    scoring_params = ("fusion", "scoring", "synthetic_references", "sigma", "reduction", "search", "query_batch",
                       "cache_dir")
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
@@ -107,7 +110,7 @@ class VOD(BackboneFeatures, Method):
                  weight_decay: float = 1e-4, anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
                  focal_gamma: float = 2.0, simulated_per_category: int = 30, sigma: float = 4.0,
                  reduction: str = "max", search: str = "exact", seed: int = 0, query_batch: int = 64,
-                 cache_dir: str | None = None, device: str | None = None, progress: bool = True):
+                 fusion: str = "none", cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
         self.levels = levels
         self.image_size = image_size
@@ -137,11 +140,13 @@ class VOD(BackboneFeatures, Method):
         self.cache_dir = cache_dir
         self.device = device
         self.progress = progress
+        self.fusion = fusion
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _check_params(self) -> None:
         check_vod(self.vod_channel, self.vod_position, self.name)
         check_search(self.search)
+        check_fusion(self.fusion, self.name)
         if self.scoring not in SCORINGS:
             raise ValueError(f"vod: scoring must be one of {SCORINGS}, got '{self.scoring}'")
         if self.synthetic_references < 0 or self.train_shots < 1:
@@ -233,7 +238,7 @@ class VOD(BackboneFeatures, Method):
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())
-        return collect_scores(image_scores, pixel_maps, with_pixel)
+        return self.fuse_global(queries, references, shots, collect_scores(image_scores, pixel_maps, with_pixel))
 
     def _patch_scores(self, res: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
         """Patch scores ``(N,)`` of residuals ``(N, D)`` given abnormal-reference residuals ``(M, D)``."""
