@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from gadlib.baselines import BEST_TRAINING_FREE
 from gadlib.notebooks import run_notebook
 from gadlib.results import summary_table
 from gadlib.study import run_evaluation
@@ -107,7 +108,8 @@ def cross_domain(tmp_path_factory):
     small = dict(image_size=64, epochs=2, steps_per_epoch=5, batch_size=6, train_shots=2, flow_blocks=2,
                  position_dim=8, simulated_per_category=4)
     params = dict(source=spec, source_categories=["tile", "wood_grain"], targets={spec: ["leather"]},
-                  resad_params=small, knn_params={"image_size": 64}, shots=[1, 2], seeds=[0, 1, 2],
+                  resad_params=small, knn_params={"image_size": 64}, training_free_params={"image_size": 64},
+                  shots=[1, 2], seeds=[0, 1, 2],
                   ablations={"no constraintor": {"constraintor": False},
                              "transductive": {"normalization": "transductive"}},
                   ablation_shots=[2], ablation_targets=[spec], n_overlays=2, progress=False)
@@ -131,7 +133,8 @@ def test_cross_domain_writes_tables_figures_and_records(cross_domain):
 
 def test_cross_domain_tables_come_from_the_tidy_rows(cross_domain):
     tidy = pd.read_csv(cross_domain / "tidy.csv")
-    assert set(tidy["method"]) == {"knn", "resad"} and set(tidy["shots"]) == {1, 2}
+    bar = f"best training-free: {BEST_TRAINING_FREE}"
+    assert set(tidy["method"]) == {"knn", "resad", bar} and set(tidy["shots"]) == {1, 2}
     assert set(tidy["seed"]) == {0, 1, 2} and set(tidy["category"]) == {"leather"}
     expected = summary_table(tidy, "image_auroc")
     table_text = (cross_domain / "table_image_auroc.md").read_text()
@@ -164,7 +167,8 @@ def normal_abnormal(tmp_path_factory):
                   methods=["knn", "inctrl", "nagl"], method_params={"knn": {"image_size": 64}, "inctrl": small,
                                                                    "nagl": small},
                   shots=[1, 2], seeds=[0, 1, 2], abnormal_shots=[0, 1],
-                  ablation={"normal map only": "normal_only", "NAGL (full)": "full"}, n_overlays=2, progress=False)
+                  ablation={"normal map only": "normal_only", "NAGL (full)": "full"},
+                  training_free_params={"image_size": 64}, n_overlays=2, progress=False)
     out = tmp_path_factory.mktemp("guided") / "normal_abnormal"
     run_notebook(NOTEBOOK_DIR / "25_normal_abnormal.ipynb", out, params)
     return out
@@ -184,7 +188,10 @@ def test_normal_abnormal_tables_come_from_the_tidy_rows(normal_abnormal):
     from gadlib.results import paired_gain
 
     tidy = pd.read_csv(normal_abnormal / "tidy.csv")
-    assert set(tidy["method"]) == {"kNN", "InCTRL-vision", "NAGL"}
+    assert set(tidy["method"]) == {"kNN", "InCTRL-vision", "NAGL", "best training-free"}
+    # the bar ignores abnormal references: scored at every m, label-free, on the same draws
+    bar = tidy[tidy["method"] == "best training-free"]
+    assert set(bar["abnormal_shots"]) == {0, 1} and set(bar["protocol"]) == {"label-free"}
     assert set(tidy["protocol"]) == {"label-free", "type-matched", "simulated"}
     assert set(tidy.loc[tidy["protocol"] == "type-matched", "method"]) == {"kNN", "NAGL"}
     assert set(tidy["abnormal_shots"]) == {0, 1}
@@ -225,6 +232,7 @@ def three_gaps(tmp_path_factory):
                   "VOD: no decomposition": ["vod", dict(small, vod_channel="none", vod_position="none")],
                   "VOD: A + B": ["vod", small]},
         main_source_only=[], reference_table_variants=["VOD: A + B"], reference_table_targets=["leather"],
+        training_free_params={"image_size": 64},
         shots=[1, 2], seeds=[0, 1, 2], max_per_group=None, progress=False)
     out = tmp_path_factory.mktemp("gaps") / "three_gaps"
     run_notebook(NOTEBOOK_DIR / "30_three_gaps.ipynb", out, params)
@@ -245,13 +253,15 @@ def test_three_gaps_writes_tables_figures_and_records(three_gaps):
 
 def test_three_gaps_tables_come_from_the_tidy_rows(three_gaps):
     tidy = pd.read_csv(three_gaps / "tidy.csv")
-    assert set(tidy["method"]) == {"kNN", "kNN + A", "NAGL", "NAGL + B", "VOD: no decomposition", "VOD: A + B"}
+    assert set(tidy["method"]) == {"kNN", "kNN + A", "NAGL", "NAGL + B", "VOD: no decomposition", "VOD: A + B",
+                                   "best training-free"}
     held_out = tidy[tidy["target"] == "leather: hole held out"]
     assert set(held_out["abnormal_shots"]) == {1}
     table = pd.read_csv(three_gaps / "table_summary.csv", keep_default_na=False)
     expected = summary_table(tidy[tidy["shots"] == 2].assign(category="all"), "image_auroc",
                              rows=("gap", "target"), columns="method")
     assert table["kNN + A"].tolist() == expected["method=kNN + A"].tolist()
+    assert table["best training-free"].tolist() == expected["method=best training-free"].tolist()
     gain = pd.read_csv(three_gaps / "gain_tidy.csv")
     assert set(gain["base"]) == {"kNN", "NAGL", "VOD: no decomposition"}
     auroc = tidy[tidy["metric"] == "image_auroc"].set_index(["target", "method", "shots", "seed"])["value"]
@@ -295,3 +305,42 @@ def test_residual_space_writes_its_table_and_figures(residual_space):
     assert {"normal", "real", "synthetic"} <= set(counts.columns)
     # 3 categories x 4 normal test images x 6 sampled cells.
     assert counts["normal"].sum() == 3 * 4 * 6
+
+
+@pytest.fixture(scope="module")
+def baselines_nb(tmp_path_factory):
+    """The baselines notebook on a tiny suite: two kNN candidates, two fusion rules, one target category."""
+    spec, small = _guided_suite(tmp_path_factory, "baselines_suite")
+    params = dict(source=spec, source_categories=["tile", "wood_grain"],
+                  knn_candidates={"L2, max": ["knn", {"image_size": 64}],
+                                  "cosine, top-1 %": ["knn", {"image_size": 64, "metric": "cosine", "reduction": "top1%"}]},
+                  knn_question=["L2, max", "cosine, top-1 %"],
+                  fusion_rules={"local score alone": None, "z sum": {"shrink": 0.0, "others": "z",
+                                                                      "combine": "sum"},
+                                "excess": {"shrink": 0.5, "others": "excess", "weight": 1.0, "combine": "sum"}},
+                  fusion_shots=[2], targets={spec: ["leather"]}, baseline_params={"image_size": 64},
+                  inctrl_params=small, shots=[1, 2], seeds=[0, 1], progress=False)
+    out = tmp_path_factory.mktemp("baselines") / "baselines"
+    run_notebook(NOTEBOOK_DIR / "12_baselines.ipynb", out, params)
+    return out
+
+
+def test_baselines_notebook_chooses_on_source_and_tables_its_rows(baselines_nb):
+    from gadlib.baselines import BASELINES
+
+    names = {p.name for p in baselines_nb.iterdir()}
+    assert {"table_source_knn.md", "source_knn_tidy.csv", "table_source_fusion.md", "source_fusion.csv",
+            "table_baselines.md", "table_baselines.csv", "tidy.csv", "auroc_vs_shots.png", "parameters.json",
+            "environment.json", "12_baselines.ipynb"} <= names
+    assert not _errors(baselines_nb / "12_baselines.ipynb")
+    assert "Chosen: **" in (baselines_nb / "table_source_knn.md").read_text()
+    fusion = pd.read_csv(baselines_nb / "source_fusion.csv")
+    # the source check has both families: the tiny suite's local defects and the simulated global anomalies
+    assert set(fusion["family"]) == {"local", "global"}
+    assert set(fusion["method"]) == {"local score alone", "z sum", "excess"}
+    tidy = pd.read_csv(baselines_nb / "tidy.csv")
+    assert set(tidy["method"]) == set(BASELINES) | {"InCTRL s_i (trained image residual)"}
+    table = pd.read_csv(baselines_nb / "table_baselines.csv", keep_default_na=False)
+    expected = summary_table(tidy[~tidy["domain"].isin(["mono", "poly"])], "image_auroc")
+    assert list(table.columns) == ["dataset", "view", "method", "shots=1", "shots=2"]
+    assert sorted(table.loc[table["view"] == "all defects", "shots=2"]) == sorted(expected["shots=2"])
