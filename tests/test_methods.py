@@ -61,8 +61,8 @@ def test_get_params_round_trip():
     params = method.get_params()
     assert params["levels"] == (2, 3) and params["metric"] == "cosine" and params["grid"] == 6
     assert set(params) == {"backbone", "levels", "image_size", "grid", "neighbourhood", "metric", "sigma",
-                           "reduction", "vod_channel", "search", "query_batch", "backbone_weights", "fusion", "cache_dir", "device",
-                           "progress"}
+                           "level_matching", "reduction", "vod_channel", "search", "query_batch", "backbone_weights",
+                           "fusion", "cache_dir", "device", "progress"}
     assert create_method("knn", **params).get_params() == params
     assert KNNResidual().get_params() != params
 
@@ -275,3 +275,27 @@ def test_needs_training_tells_trained_methods_from_training_free_ones():
     assert [needs_training(n) for n in ("knn", "resad", "inctrl", "nagl", "vod")] == [False, True, True, True, True]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         needs_training("nope")
+
+
+def test_knn_level_matching_each_averages_the_levels_own_nearest_distances(knn_data):
+    import torch
+
+    method = _knn(knn_data, metric="cosine", level_matching="each")
+    refs, queries = knn_data["refs"][:2], [knn_data["clean"], knn_data["bright"]]
+    method.feature_cache().ensure(refs + queries)
+    bank, features = method.patch_features(refs), method.patch_features(queries)
+    cells = bank.shape[-2] * bank.shape[-1]
+    got = method._nearest_first_k(features, bank.permute(0, 2, 3, 1).reshape(-1, bank.shape[1]), cells)
+    # brute force: per level, 1 - cosine to the nearest patch of the first k references, then the mean over levels
+    expected = []
+    for q, b in zip(features.split(method.feature_cache().backbone.channels, dim=1),
+                    bank.split(method.feature_cache().backbone.channels, dim=1)):
+        q = torch.nn.functional.normalize(q.permute(0, 2, 3, 1).reshape(-1, q.shape[1]).double(), dim=1)
+        b = torch.nn.functional.normalize(b.permute(0, 2, 3, 1).reshape(-1, b.shape[1]).double(), dim=1)
+        distance = 1 - q @ b.T
+        expected.append(torch.stack([distance[:, :cells * k].min(1).values for k in (1, 2)], dim=1))
+    torch.testing.assert_close(got.double(), torch.stack(expected).mean(0), atol=1e-5, rtol=1e-4)
+    joint = _knn(knn_data, metric="cosine").predict(queries, References(refs)).image
+    assert not np.allclose(method.predict(queries, References(refs)).image, joint)
+    with pytest.raises(ValueError, match="level_matching"):
+        _knn(knn_data, level_matching="mean").predict(queries, References(refs))

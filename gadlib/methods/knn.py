@@ -20,6 +20,9 @@ from gadlib.methods.base import Method, References, Scores, register_method
 from gadlib.methods.features import BackboneFeatures, check_fusion, check_not_scored, check_shots, collect_scores
 
 
+LEVEL_MATCHINGS = ("joint", "each")
+
+
 @register_method("knn")
 class KNNResidual(BackboneFeatures, Method):
     """Nearest-normal patch distance.
@@ -31,6 +34,9 @@ class KNNResidual(BackboneFeatures, Method):
         grid: where levels are aligned: ``"coarsest"`` (cheap; default), ``"finest"``, or a side length.
         neighbourhood: local aggregation window (PatchCore uses 3).
         metric: ``"l2"`` or ``"cosine"``.
+        level_matching: ``"joint"`` (default): one distance over the levels' concatenated channels;
+            ``"each"``: every level matched on its own, the running nearest distances averaged over levels
+            (InCTRL's patch residual s_p does this), so a level with more channels does not dominate.
         sigma: Gaussian smoothing of the pixel map, in pixels.
         reduction: image score from the map, ``"max"`` or ``"top1%"``.
         vod_channel: VOD reading (A) on the features before matching (``"none"``, ``"ranks"``,
@@ -52,7 +58,8 @@ class KNNResidual(BackboneFeatures, Method):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, grid: str | int = "coarsest", neighbourhood: int = 3,
-                 metric: str = "l2", sigma: float = 4.0, reduction: str = "max", vod_channel: str = "none",
+                 metric: str = "l2", level_matching: str = "joint", sigma: float = 4.0, reduction: str = "max",
+                 vod_channel: str = "none",
                  search: str = "exact", query_batch: int = 64, backbone_weights: str | None = None,
                  fusion: str = "none", cache_dir: str | None = None, device: str | None = None, progress: bool = True):
         self.backbone = backbone
@@ -61,6 +68,7 @@ class KNNResidual(BackboneFeatures, Method):
         self.grid = grid
         self.neighbourhood = neighbourhood
         self.metric = metric
+        self.level_matching = level_matching
         self.sigma = sigma
         self.reduction = reduction
         self.vod_channel = vod_channel
@@ -84,6 +92,8 @@ class KNNResidual(BackboneFeatures, Method):
         check_vod(self.vod_channel, "none", self.name)
         check_search(self.search)
         check_fusion(self.fusion, self.name)
+        if self.level_matching not in LEVEL_MATCHINGS:
+            raise ValueError(f"knn: level_matching must be one of {LEVEL_MATCHINGS}, got '{self.level_matching}'")
         refs = list(references.normal[:shots[-1]])
         cache = self.feature_cache()
         cache.ensure(refs + list(queries))
@@ -96,8 +106,7 @@ class KNNResidual(BackboneFeatures, Method):
         for start in tqdm(batches, desc="knn scoring", unit="batch", disable=not self.progress, leave=False):
             features = self.patch_features(queries[start:start + self.query_batch])
             n, _, h, w = features.shape
-            per_ref = nearest_per_group(to_patches(features), bank, cells, self.metric, search=self.search)
-            nearest_first_k = torch.cummin(per_ref, dim=1).values
+            nearest_first_k = self._nearest_first_k(features, bank, cells)
             for k in shots:
                 maps = upsample_blur(nearest_first_k[:, k - 1].reshape(n, h, w), self.image_size, self.sigma,
                                      self.cell_offset(w))
@@ -105,3 +114,14 @@ class KNNResidual(BackboneFeatures, Method):
                 if with_pixel:
                     pixel_maps[k].append(maps.cpu())
         return self.fuse_global(queries, references, shots, collect_scores(image_scores, pixel_maps, with_pixel))
+
+    def _nearest_first_k(self, features: torch.Tensor, bank: torch.Tensor, cells: int) -> torch.Tensor:
+        """``(N * H * W, K)``: each query patch's distance to its nearest patch among the first 1..K references."""
+        queries = to_patches(features)
+        if self.level_matching == "joint":
+            per_ref = nearest_per_group(queries, bank, cells, self.metric, search=self.search)
+            return torch.cummin(per_ref, dim=1).values
+        splits = self.feature_cache().backbone.channels        # aligned levels keep their channel blocks
+        per_level = [torch.cummin(nearest_per_group(q, b, cells, self.metric, search=self.search), dim=1).values
+                     for q, b in zip(queries.split(splits, dim=1), bank.split(splits, dim=1))]
+        return torch.stack(per_level).mean(0)
