@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gadlib.baselines import BEST_TRAINING_FREE
 from gadlib.data.load import load_dataset
 from gadlib.methods import create_method
 from gadlib.progress import read_events
@@ -201,8 +202,9 @@ def test_a_killed_notebook_resumes_with_only_the_missing_cells_and_reuses_anothe
     small = dict(image_size=64, epochs=1, steps_per_epoch=2, batch_size=4, train_shots=2, flow_blocks=2,
                  position_dim=8, simulated_per_category=2)
     cross = dict(source=suite, source_categories=["tile", "wood_grain"], targets={suite: ["leather"]},
-                 resad_params=small, knn_params={"image_size": 64}, shots=[1, 2], seeds=[0, 1, 2],
-                 ablations={"transductive": {"normalization": "transductive"}}, ablation_shots=[2],
+                 resad_params=small, knn_params={"image_size": 64}, training_free_params={"image_size": 64},
+                 shots=[1, 2], seeds=[0, 1, 2], ablations={"transductive": {"normalization": "transductive"}},
+                 ablation_shots=[2],
                  ablation_targets=[suite], n_overlays=1, progress=False)
     previous = os.environ.get("GADLIB_CACHE")
     os.environ["GADLIB_CACHE"] = str(cache)
@@ -251,16 +253,20 @@ def test_a_killed_notebook_resumes_with_only_the_missing_cells_and_reuses_anothe
         os.environ.pop("GADLIB_PROGRESS")
     new = _computed(log)[len(after_kill):]
     assert not set(new) & set(after_kill)                 # nothing computed twice
-    # ResAD: 3 seeds (k = 1, 2) + the transductive ablation's 3 seeds (k = 2); kNN: all reused.
-    assert len(after_kill) - len(after_quickstart) + len(new) == 6
+    # ResAD: 3 seeds (k = 1, 2) + the transductive ablation's 3 seeds (k = 2); the training-free bar: 3 seeds;
+    # kNN: all reused.
+    assert len(after_kill) - len(after_quickstart) + len(new) == 9
     rerun = [e for e in read_events(rerun_events) if e["kind"] == "cell"]
-    assert sum(not e["reused"] for e in rerun) == len(new) and len(new) < 6
+    assert sum(not e["reused"] for e in rerun) == len(new) and len(new) < 9
+    # kNN-based cells: the quickstart's 3 seeds of leather, read once each; the bar's 3 (a cosine kNN), which
+    # nothing had computed before the kill (only ResAD had): computed by the prefetch, then read
     knn = [e for e in rerun if e["label"].startswith("knn")]
-    assert len(knn) == 3 and all(e["reused"] for e in knn)     # read once each: the 3 seeds of leather
+    assert len(knn) == 9 and sum(not e["reused"] for e in knn) == 3
     trained = [e for e in read_events(rerun_events) if e["kind"] == "train"]
     assert trained and all(e["reused"] for e in trained)   # the checkpoint outlived the kill
     tidy = pd.read_csv(tmp_path / "cross" / "tidy.csv")
-    assert set(tidy["method"]) == {"knn", "resad"} and set(tidy["seed"]) == {0, 1, 2}
+    assert set(tidy["method"]) == {"knn", "resad", f"best training-free: {BEST_TRAINING_FREE}"}
+    assert set(tidy["seed"]) == {0, 1, 2}
 
 
 def test_methods_that_ignore_abnormal_references_share_cells_across_m(suite, tmp_path):
