@@ -35,6 +35,11 @@ from gadlib.progress import report
 from gadlib.store import TRAINING_CODE, code_digest, method_code
 
 SIMULATORS = ("cut_paste", "noise_blob")
+# Torch threads while a model trains, whatever the process's layout: CPU float reductions split over another
+# number of threads round differently, and training amplifies that (InCTRL measured 1.5-3 image-AUROC points
+# apart when trained with 2 threads instead of 1), so a checkpoint would depend on which notebook, alone or
+# beside another training, made it. Pool workers train with 1 thread anyway; a lone training now does too.
+TRAINING_THREADS = 1
 
 
 def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = None,
@@ -283,12 +288,28 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
         model = Method.load(path, progress=progress)
         report("train", label, time.perf_counter() - started, reused=True)
     else:
-        model.fit(load_source(source, categories, defects, normal_splits))
+        frame = load_source(source, categories, defects, normal_splits)
+        with torch_threads(TRAINING_THREADS):
+            model.fit(frame)
         model.save(path)
         report("train", label, time.perf_counter() - started, reused=False)
     if out is not None:
         model.save(out)
     return model, path
+
+
+class torch_threads:
+    """Context: ``torch.set_num_threads(n)`` inside, the previous count restored on the way out."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
 
 
 def _train_remote(job: dict) -> str:
