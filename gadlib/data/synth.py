@@ -26,9 +26,16 @@ from gadlib.data.synth_painters import (
     OBJECT_CATEGORIES, PAINTERS, border_pixels, draw_pixels, estimate_foreground, jagged_walk, pick_centre,
     pixel_grid, polar, polyline, short_side, smooth_noise, wobble,
 )
+from gadlib.data.synth_photos import PHOTO_PAINTERS
 
-CATEGORIES: tuple[str, ...] = tuple(PAINTERS)
+CATEGORIES: tuple[str, ...] = tuple(PAINTERS)     # the default suite's categories (procedural)
+PHOTO_CATEGORIES: tuple[str, ...] = tuple(PHOTO_PAINTERS)     # cut from real photographs, by name only
+ALL_CATEGORIES: tuple[str, ...] = CATEGORIES + PHOTO_CATEGORIES
 DEFECTS: tuple[str, ...] = ("scratch", "crack", "hole", "stain", "missing_part", "contamination")
+# More defect families, painted only when named (the default suite keeps the six above, image for image).
+EXTRA_DEFECTS: tuple[str, ...] = ("burn", "thread", "discolouration", "fold")
+ALL_DEFECTS: tuple[str, ...] = DEFECTS + EXTRA_DEFECTS
+_ALL_PAINTERS = {**PAINTERS, **PHOTO_PAINTERS}
 SUITE_VERSION = 1  # bump when the generator changes, so cached suites on disk are regenerated
 MANIFEST = "suite.json"
 MASK_THRESHOLD = 0.2  # defect coverage below this is left unpainted, so the mask is exactly what changed
@@ -43,7 +50,7 @@ def render_normal(category: str, size: int, rng: np.random.Generator) -> np.ndar
     """Paint one normal image of ``category``.
 
     Args:
-        category: one of :data:`CATEGORIES`.
+        category: one of :data:`ALL_CATEGORIES`.
         size: side length in pixels (>= 32).
         rng: the generator that decides every random choice.
 
@@ -54,7 +61,7 @@ def render_normal(category: str, size: int, rng: np.random.Generator) -> np.ndar
 
 
 def _render(category: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    rgb, foreground = PAINTERS[category](size, rng)
+    rgb, foreground = _ALL_PAINTERS[category](size, rng)
     yy, xx = pixel_grid(size)
     tilt = rng.uniform(0, 2 * np.pi)  # gentle illumination gradient and exposure jitter
     light = rng.uniform(0.97, 1.03) * (1 + 0.04 * ((xx - 0.5) * np.cos(tilt) + (yy - 0.5) * np.sin(tilt)))
@@ -78,7 +85,7 @@ def apply_defect(
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image (normally from :func:`render_normal`).
-        defect: one of :data:`DEFECTS`.
+        defect: one of :data:`ALL_DEFECTS`.
         rng: the generator that decides every random choice.
         category: the image's category; object categories place defects on the object and make
             ``missing_part`` bite the object. ``None`` guesses from the image border.
@@ -89,8 +96,8 @@ def apply_defect(
         ``(defective, mask)``: the new uint8 image and the ``(H, W)`` uint8 {0, 1} mask, non-empty,
         equal to 1 exactly where the defect was painted (pixels outside are byte-identical).
     """
-    if defect not in DEFECTS:
-        raise ValueError(f"unknown defect {defect!r}; valid defects: {', '.join(DEFECTS)}")
+    if defect not in ALL_DEFECTS:
+        raise ValueError(f"unknown defect {defect!r}; valid defects: {', '.join(ALL_DEFECTS)}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 8:
         raise ValueError(f"apply_defect expects an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     if category is not None:
@@ -226,9 +233,63 @@ def _contamination(img, rng, foreground):
     return np.broadcast_to(_contrasting(rng, img, _DIRT), img.shape), draw_pixels(img.shape, draw) * 0.95
 
 
+def _burn(img, rng, foreground):
+    """A scorch mark: a dark brown core fading through a browned halo."""
+    side, centre = short_side(img), pick_centre(rng, img, foreground)
+    r, phi = polar(img, centre)
+    radius = max(2.0, rng.uniform(0.03, 0.07) * side) * wobble(rng, phi, 0.2)
+    core = np.clip(1 - r / radius, 0, 1)
+    alpha = np.clip(1.6 * (1 - r / (1.8 * radius)), 0, 1)
+    brown = np.array([0.36, 0.22, 0.1], np.float32)
+    scorch = core[..., None] * (brown * 0.3) + (1 - core[..., None]) * (0.55 * img + 0.45 * brown)
+    return scorch.astype(np.float32), alpha
+
+
+def _thread(img, rng, foreground):
+    """A loose fibre lying on the surface: a long, thin, wandering curve of a contrasting colour."""
+    side, centre = short_side(img), pick_centre(rng, img, foreground)
+    steps = 48
+    angles = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.12, steps))
+    step = rng.uniform(0.3, 0.55) * side / steps
+    points = np.cumsum(np.stack([np.cos(angles), np.sin(angles)], axis=1) * step, axis=0)
+    points = points - points.mean(axis=0) + centre
+    width = max(0.8, rng.uniform(0.5, 0.9) * side / 128)
+    alpha = draw_pixels(img.shape, lambda c, k: polyline(c, k, points, np.full(steps - 1, width))) * 0.9
+    return np.broadcast_to(_contrasting(rng, img, _DIRT), img.shape), alpha
+
+
+_TINTS = np.array([[1.08, 0.98, 0.7], [0.8, 0.95, 1.1], [1.1, 0.85, 0.9]], np.float32)   # yellowed, cold, reddish
+
+
+def _discolouration(img, rng, foreground):
+    """A large, faint, soft-edged change of colour (yellowing, fading): no edge to find, only a tint."""
+    side, centre = short_side(img), pick_centre(rng, img, foreground)
+    r, phi = polar(img, centre)
+    radius = rng.uniform(0.12, 0.22) * side * wobble(rng, phi, 0.2)
+    alpha = np.clip((1 - r / radius) / 0.5, 0, 1) ** 1.2 * rng.uniform(0.55, 0.75)
+    tint = _TINTS[rng.integers(len(_TINTS))]
+    return np.clip(0.7 * img * tint + 0.18 * tint, 0, 1), alpha        # the additive part tints black too
+
+
+def _fold(img, rng, foreground):
+    """A crease: a straight band shaded light on one side and dark on the other (a change of relief)."""
+    side, centre = short_side(img), pick_centre(rng, img, foreground)
+    theta, length = rng.uniform(0, np.pi), rng.uniform(0.3, 0.6) * side
+    half = max(1.5, rng.uniform(0.015, 0.03) * side)
+    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]].astype(np.float32) + 0.5
+    along = (xx - centre[0]) * np.cos(theta) + (yy - centre[1]) * np.sin(theta)
+    across = (yy - centre[1]) * np.cos(theta) - (xx - centre[0]) * np.sin(theta)
+    ends = np.clip((length / 2 - np.abs(along)) / (0.15 * length), 0, 1)
+    shade = 1 - 1.4 * (across / half) * np.exp(0.5 - 0.5 * (across / half) ** 2) * rng.choice([-1, 1])
+    alpha = np.exp(-0.5 * (across / (1.5 * half)) ** 2) * ends
+    shade = np.clip(shade, 0.3, 1.7)[..., None]
+    return np.clip(img * shade + 0.15 * (shade - 1), 0, 1), alpha       # the additive part shows on black too
+
+
 _DEFECT_PAINTERS = {
     "scratch": _scratch, "crack": _crack, "hole": _hole, "stain": _stain,
     "missing_part": _missing_part, "contamination": _contamination,
+    "burn": _burn, "thread": _thread, "discolouration": _discolouration, "fold": _fold,
 }
 
 
@@ -253,8 +314,9 @@ def generate_suite(
 
     Args:
         root: output folder (created if needed).
-        categories: subset of :data:`CATEGORIES`; ``None`` means all.
-        defects: subset of :data:`DEFECTS`; ``None`` means all.
+        categories: names from :data:`ALL_CATEGORIES`; ``None`` means :data:`CATEGORIES` (the procedural
+            nine; the photo categories are generated only when named).
+        defects: names from :data:`ALL_DEFECTS`; ``None`` means :data:`DEFECTS` (the original six).
         n_train: normal training images per category.
         n_test_normal: normal test images per category.
         n_test_per_defect: defective test images per category and defect.
@@ -266,8 +328,8 @@ def generate_suite(
     Returns:
         The schema DataFrame (:func:`gadlib.data.schema.make_frame`) with absolute paths.
     """
-    categories = _check_names(categories, CATEGORIES, "category")
-    defects = _check_names(defects, DEFECTS, "defect")
+    categories = _check_names(categories, ALL_CATEGORIES, "category", default=CATEGORIES)
+    defects = _check_names(defects, ALL_DEFECTS, "defect", default=DEFECTS)
     counts = {"n_train": n_train, "n_test_normal": n_test_normal, "n_test_per_defect": n_test_per_defect, "seed": seed}
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -352,8 +414,8 @@ def _frame(root: Path, rows: list[dict]) -> pd.DataFrame:
 
 
 def _check_category(category: str) -> str:
-    if category not in PAINTERS:
-        raise ValueError(f"unknown category {category!r}; valid categories: {', '.join(CATEGORIES)}")
+    if category not in _ALL_PAINTERS:
+        raise ValueError(f"unknown category {category!r}; valid categories: {', '.join(ALL_CATEGORIES)}")
     return category
 
 
@@ -363,9 +425,9 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
-def _check_names(names, valid: tuple[str, ...], kind: str) -> list[str]:
+def _check_names(names, valid: tuple[str, ...], kind: str, default: tuple[str, ...] | None = None) -> list[str]:
     if names is None:
-        return list(valid)
+        return list(valid if default is None else default)
     names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
