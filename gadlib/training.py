@@ -43,7 +43,8 @@ TRAINING_THREADS = 1
 
 
 def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = None,
-                defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None) -> pd.DataFrame:
+                defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None,
+                domains: Sequence[str] | None = None) -> pd.DataFrame:
     """The source domain as one schema table.
 
     Args:
@@ -51,6 +52,8 @@ def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = N
         categories: keep only these categories (names as in the datasets); ``None`` keeps all.
         defects: keep only anomalies of these defect types (:func:`gadlib.gaps.keep_defects`).
         normal_splits: keep only normal images of these splits (:func:`gadlib.gaps.normal_splits`).
+        domains: keep only images of these domains (e.g. ELPV's ``["mono"]``: train on one cell type, test
+            on the other); ``None`` keeps all.
     """
     from gadlib import gaps
     from gadlib.data.load import load_dataset
@@ -63,6 +66,8 @@ def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = N
         name, frame = load_dataset(spec)
         if categories is not None:
             frame = frame[frame["category"].isin(list(categories))]
+        if domains is not None:
+            frame = frame[frame["domain"].astype(str).isin(list(domains))]
         frame = gaps.normal_splits(gaps.keep_defects(frame, defects), normal_splits)
         if len(specs) > 1:
             frame = frame.assign(category=name + "/" + frame["category"])
@@ -70,7 +75,8 @@ def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = N
     source = pd.concat(frames, ignore_index=True)
     if source.empty:
         known = sorted(set().union(*(set(load_dataset(s)[1]["category"]) for s in specs)))
-        raise ValueError(f"source {specs} has no images in categories {list(categories or [])}; known: {known}")
+        raise ValueError(f"source {specs} has no images in categories {list(categories or [])}"
+                         f"{f' and domains {list(domains)}' if domains is not None else ''}; known categories: {known}")
     return source
 
 
@@ -249,7 +255,7 @@ def _jsonable_params(params: dict) -> dict:
 
 def checkpoint_path(method: str, params: dict, source: str | Sequence[str], categories: Sequence[str] | None,
                     backbone_key: str, root: str | Path | None = None, defects: Sequence[str] | None = None,
-                    normal_splits: Sequence[str] | None = None) -> Path:
+                    normal_splits: Sequence[str] | None = None, domains: Sequence[str] | None = None) -> Path:
     """Where the checkpoint of this exact configuration lives in the cache (without suffix)."""
     if not isinstance(source, str):  # ["synth"] and "synth" are the same source
         source = source[0] if len(source) == 1 else list(source)
@@ -258,7 +264,7 @@ def checkpoint_path(method: str, params: dict, source: str | Sequence[str], cate
     config = dict(method=method, params=_jsonable_params(params), source=source,
                   categories=sorted(categories) if categories is not None else None,
                   backbone=backbone_key, code=code_digest(method_code(method_class(method), TRAINING_CODE)))
-    for name, value in (("defects", defects), ("normal_splits", normal_splits)):
+    for name, value in (("defects", defects), ("normal_splits", normal_splits), ("domains", domains)):
         if value is not None:       # absent from the keys of sources without the filter
             config[name] = sorted(value)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -267,11 +273,12 @@ def checkpoint_path(method: str, params: dict, source: str | Sequence[str], cate
 
 def train_or_load(method: str, source: str | Sequence[str], categories: Sequence[str] | None = None,
                   params: dict | None = None, progress: bool = True, out: str | Path | None = None,
-                  defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None):
+                  defects: Sequence[str] | None = None, normal_splits: Sequence[str] | None = None,
+                  domains: Sequence[str] | None = None):
     """Fit ``method`` on the source, or load the checkpoint of the same configuration from the cache.
 
     Returns ``(fitted method, checkpoint path)``. ``out`` additionally copies the checkpoint there.
-    ``defects`` / ``normal_splits`` restrict the source (see :func:`load_source`).
+    ``defects`` / ``normal_splits`` / ``domains`` restrict the source (see :func:`load_source`).
     """
     from gadlib.methods import create_method
     from gadlib.methods.base import Method
@@ -280,7 +287,7 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
     model = create_method(method, **params, progress=progress)
     key = model.feature_cache().backbone.key()
     path = checkpoint_path(method, model.get_params(), source, categories, key, defects=defects,
-                           normal_splits=normal_splits)
+                           normal_splits=normal_splits, domains=domains)
     label = f"{method} on {source if isinstance(source, str) else '+'.join(source)}" + (
         f" {dict(sorted(_jsonable_params(params).items()))}" if _jsonable_params(params) else "")
     started = time.perf_counter()
@@ -288,7 +295,7 @@ def train_or_load(method: str, source: str | Sequence[str], categories: Sequence
         model = Method.load(path, progress=progress)
         report("train", label, time.perf_counter() - started, reused=True)
     else:
-        frame = load_source(source, categories, defects, normal_splits)
+        frame = load_source(source, categories, defects, normal_splits, domains)
         with torch_threads(TRAINING_THREADS):
             model.fit(frame)
         model.save(path)
@@ -322,7 +329,7 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
 
     Args:
         jobs: keyword arguments of :func:`train_or_load` (``method``, ``source``, ``categories``,
-            ``params``, ``defects``, ``normal_splits``), one dict per configuration.
+            ``params``, ``defects``, ``normal_splits``, ``domains``), one dict per configuration.
         workers: processes (:func:`gadlib.parallel.layout`); 1 trains one after another here.
     Returns:
         ``(fitted method, checkpoint path)`` per job, in order.
@@ -338,7 +345,7 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
             model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
             path = checkpoint_path(job["method"], model.get_params(), job["source"], job.get("categories"),
                                    model.feature_cache().backbone.key(), defects=job.get("defects"),
-                                   normal_splits=job.get("normal_splits"))
+                                   normal_splits=job.get("normal_splits"), domains=job.get("domains"))
             if not path.with_suffix(".safetensors").is_file():
                 missing.append(job)
         if len(missing) > 1:
@@ -348,12 +355,13 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
                 model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
                 cache = model.feature_cache()
                 simulated = getattr(model, "simulated_per_category", 0)
-                key = (json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits")],
-                                  default=str), simulated, getattr(model, "seed", 0), str(cache.folder))
+                key = (json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"),
+                                   job.get("domains")], default=str), simulated, getattr(model, "seed", 0),
+                       str(cache.folder))
                 if key not in prepared:
                     prepared.add(key)
                     frame = load_source(job["source"], job.get("categories"), job.get("defects"),
-                                        job.get("normal_splits"))
+                                        job.get("normal_splits"), job.get("domains"))
                     SourcePool(frame, cache, simulated, getattr(model, "seed", 0))
             bar = tqdm(total=len(missing), desc="training", unit="model", disable=not progress)
             for future in [submit(pool(n_workers, threads), _train_remote, job) for job in missing]:

@@ -259,6 +259,68 @@ def metric_vs_shots(
     return fig
 
 
+def metric_vs_source(
+    tidy: pd.DataFrame,
+    bar: pd.DataFrame,
+    metric: str = "image_auroc",
+    x: str = "axis_value",
+    col: str = "target",
+    hue: str = "method",
+    xlabel: str | None = None,
+) -> Figure:
+    """Mean ± std over seeds of one metric against a property of the training source, with the bar.
+
+    One panel per ``col`` value (e.g. target), one line per ``hue`` (trained method) along ``x`` (numeric:
+    a line; text, such as a backbone or a source's name: points at evenly spaced ticks), and the best
+    training-free baseline's mean on the same draws as a horizontal grey line (``bar``: tidy rows with
+    ``col``, ``seed``, ``metric``, ``value``; several bars, e.g. one per backbone, by a ``label`` column).
+
+    Returns:
+        The figure; each trained line is an ``ErrorbarContainer`` in ``ax.containers``.
+    """
+    _require_columns(tidy, [x, col, hue, "seed", "metric", "value"], "metric_vs_source")
+    _require_columns(bar, [col, "seed", "metric", "value"], "metric_vs_source bar")
+    rows = tidy[tidy["metric"] == metric]
+    if rows.empty:
+        present = sorted(tidy["metric"].unique())
+        raise ValueError(f"metric_vs_source: no rows with metric == {metric!r}; present: {present}.")
+    as_numbers = pd.to_numeric(rows[x], errors="coerce")
+    numeric = bool(as_numbers.notna().all())
+    rows = rows.assign(**{x: as_numbers}) if numeric else rows
+    ticks = sorted(rows[x].unique()) if numeric else list(dict.fromkeys(rows[x]))
+    summary = _per_seed_means(rows, [col, hue, x])
+    bar = bar[bar["metric"] == metric]
+    bar = bar.assign(label=bar["label"] if "label" in bar else "best training-free")
+    bar_means = bar.groupby([col, "label", "seed"])["value"].mean().groupby(level=[0, 1]).mean()
+    panels = list(summary.groupby(col, sort=True))
+    fig = Figure(figsize=(max(4.2, 0.5 * len(ticks) + 2.5) * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (panel, panel_rows) in zip(axes, panels):
+        for name, line in panel_rows.groupby(hue, sort=True):
+            where = line[x].to_numpy(dtype=float) if numeric else np.array([ticks.index(v) for v in line[x]], float)
+            order = np.argsort(where)
+            ax.errorbar(where[order], line["mean"].to_numpy(float)[order], yerr=line["std"].to_numpy(float)[order],
+                        marker="o", capsize=3, label=str(name), linestyle="-" if numeric else "none")
+        if panel in bar_means.index.get_level_values(0):
+            styles = [("0.3", "--"), ("0.55", ":"), ("0.7", "-.")]
+            for (label, value), (colour, style) in zip(bar_means.loc[panel].items(), styles * 3):
+                ax.axhline(value, linestyle=style, color=colour, linewidth=1.3, label=str(label))
+        if numeric:
+            ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        else:
+            ax.set_xticks(range(len(ticks)), labels=[str(t) for t in ticks], rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(xlabel or x)
+        ax.set_title(f"{panel}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=7)
+    return fig
+
+
 def table_heatmap(table: pd.DataFrame, title: str = "", center: float | None = None, digits: int = 1) -> Figure:
     """A numeric table (index = rows, columns = columns) as an annotated heat map.
 

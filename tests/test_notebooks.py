@@ -344,3 +344,43 @@ def test_baselines_notebook_chooses_on_source_and_tables_its_rows(baselines_nb):
     expected = summary_table(tidy[~tidy["domain"].isin(["mono", "poly"])], "image_auroc")
     assert list(table.columns) == ["dataset", "view", "method", "shots=1", "shots=2"]
     assert sorted(table.loc[table["view"] == "all defects", "shots=2"]) == sorted(expected["shots=2"])
+
+
+@pytest.fixture(scope="module")
+def scaling_nb(tmp_path_factory):
+    """The scaling notebook on tiny suites: InCTRL on 1 -> 2 categories, Lite0 -> Lite1, 1x -> 2x training."""
+    spec, small = _guided_suite(tmp_path_factory, "scaling_suite")
+    params = dict(methods={"inctrl": small}, method_axes={"inctrl": ["categories", "backbone", "length"]},
+                  base_categories=1, base_images=24, category_counts=[1, 2], image_counts=[24], more_defects=False,
+                  backbones=["efficientnet_lite0", "efficientnet_lite1"], lengths=[1, 2], real=[], suite_size=64,
+                  targets={spec: "leather"}, target_categories={spec: ["leather"]}, held_out=True,
+                  training_free_params={"image_size": 64}, shots=[2], seeds=[0, 1], max_per_group=3,
+                  progress=False)
+    out = tmp_path_factory.mktemp("scaling") / "scaling"
+    run_notebook(NOTEBOOK_DIR / "40_scaling.ipynb", out, params)
+    return out
+
+
+def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(scaling_nb):
+    names = {p.name for p in scaling_nb.iterdir()}
+    assert {"sources.csv", "table_sources.md", "training.csv", "tidy.csv", "bar_tidy.csv", "table_verdict.md",
+            "table_verdict.csv", "table_sources_auroc.md", "auroc_vs_categories.png", "auroc_vs_backbone.png",
+            "auroc_vs_length.png", "parameters.json", "environment.json", "40_scaling.ipynb"} <= names
+    assert not _errors(scaling_nb / "40_scaling.ipynb")
+    sources = pd.read_csv(scaling_nb / "sources.csv")
+    assert list(sources["source_categories"]) == [1, 2, 1, 1]        # base, 2 categories, Lite1, 2x length
+    assert sorted(sources["axis"]) == ["backbone", "categories", "default", "length"]
+    training = pd.read_csv(scaling_nb / "training.csv")
+    assert training["checkpoint"].nunique() == 4                       # four models, one per source
+    tidy = pd.read_csv(scaling_nb / "tidy.csv")
+    assert set(tidy["target"]) == {"leather", "held-out photo categories"}
+    assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite1"}
+    bar = pd.read_csv(scaling_nb / "bar_tidy.csv")
+    assert set(bar["label"]) == {"best training-free", "best training-free, efficientnet_lite1"}
+    # the verdict's numbers are the tidy rows' means
+    verdict = pd.read_csv(scaling_nb / "table_verdict.csv").set_index("target")
+    rows = tidy[(tidy["metric"] == "image_auroc") & (tidy["axis"] == "default") & (tidy["target"] == "leather")]
+    assert verdict.loc["leather", "default source"] == pytest.approx(round(100 * rows["value"].mean(), 1))
+    bar_rows = bar[(bar["metric"] == "image_auroc") & (bar["label"] == "best training-free")
+                   & (bar["target"] == "leather")]
+    assert verdict.loc["leather", "best training-free"] == pytest.approx(round(100 * bar_rows["value"].mean(), 1))

@@ -267,3 +267,45 @@ def test_embedding_grid_and_table_heatmap():
     assert texts == ["-2.0", "0.5", "1.0"]                   # the missing cell stays blank
     with pytest.raises(ValueError, match="no numeric values"):
         table_heatmap(pd.DataFrame({"x": ["a"]}))
+
+
+def _source_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, bar = [], []
+    backbone = {6: "lite0", 12: "lite2", 20: "lite1"}
+    for target in ("ELPV", "textile"):
+        for seed in range(3):
+            for x, value in ((6, 0.6), (12, 0.7), (20, 0.8)):
+                for method, shift in (("resad", 0.0), ("nagl", 0.05)):
+                    rows.append(dict(target=target, method=method, axis_value=x, backbone=backbone[x], seed=seed,
+                                     metric="image_auroc", value=value + shift + 0.01 * seed))
+            bar.append(dict(target=target, seed=seed, metric="image_auroc", value=0.75 + 0.01 * seed))
+    tidy = pd.DataFrame(rows)
+    tidy["axis_value"] = tidy["axis_value"].astype(object)        # as it comes out of a mixed-axis table
+    return tidy, pd.DataFrame(bar)
+
+
+def test_metric_vs_source_draws_seed_means_against_the_bar() -> None:
+    tidy, bar = _source_rows()
+    fig = viz.metric_vs_source(tidy, bar, x="axis_value", col="target")
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [6, 12, 20]                     # numbers, though the column held objects
+    drawn = {c.get_label(): c for c in ax.containers}
+    x, y = drawn["nagl"].lines[0].get_data()
+    np.testing.assert_allclose(x, [6, 12, 20])
+    np.testing.assert_allclose(y, [0.66, 0.76, 0.86])               # mean over seeds of value + shift + 0.01 seed
+    (bar_line,) = [line for line in ax.lines if line.get_label() == "best training-free"]
+    np.testing.assert_allclose(bar_line.get_ydata(), [0.76, 0.76])
+
+
+def test_metric_vs_source_keeps_text_values_in_order_and_names_each_bar() -> None:
+    tidy, bar = _source_rows()
+    two_bars = pd.concat([bar.assign(label="Lite0 bar"), bar.assign(label="Lite2 bar", value=bar["value"] - 0.1)])
+    fig = viz.metric_vs_source(tidy, two_bars, x="backbone", col="target")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["lite0", "lite2", "lite1"]   # order of appearance
+    labels = {line.get_label(): line for line in ax.lines if "bar" in line.get_label()}
+    np.testing.assert_allclose(labels["Lite2 bar"].get_ydata(), [0.66, 0.66])
+    assert labels["Lite0 bar"].get_linestyle() != labels["Lite2 bar"].get_linestyle()
+    with pytest.raises(ValueError, match="metric"):
+        viz.metric_vs_source(tidy, bar, metric="pixel_auroc")
