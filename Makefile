@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 STUDY_OUT ?= results/embedded
 PYTEST_ARGS ?=
 
-.PHONY: study test venv clean-cache validate bench
+.PHONY: study test venv clean-cache validate bench report
 
 venv: $(STAMP)
 
@@ -20,19 +20,26 @@ $(STAMP): pyproject.toml
 
 study: $(STAMP)
 	$(BIN)/gad study --out $(STUDY_OUT)
-	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md README.md
-	$(BIN)/gad embed $(STUDY_OUT)/baselines/table_baselines.md README.md --marker baselines-table
-	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md README.md --marker cross-domain-table
-	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md README.md --marker ablation-table
-	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md README.md --marker gain-table
-	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md README.md --marker nagl-ablation-table
-	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_inctrl_terms.md README.md --marker inctrl-terms-table
-	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_published.md README.md --marker published-table
-	$(BIN)/gad embed $(STUDY_OUT)/residual_space/table_alignment.md README.md --marker alignment-table
-	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_summary.md README.md --marker three-gaps-table
-	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_gain.md README.md --marker vod-gain-table
-	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_references.md README.md --marker synthetic-references-table
-	$(BIN)/gad embed $(STUDY_OUT)/study_time.md README.md --marker study-time-table
+	$(BIN)/gad headline --results $(STUDY_OUT)
+	$(BIN)/gad embed $(STUDY_OUT)/headline.md README.md --marker headline-table
+	$(BIN)/gad embed $(STUDY_OUT)/quickstart/table_image_auroc.md docs/quickstart.md
+	$(BIN)/gad embed $(STUDY_OUT)/baselines/table_baselines.md docs/baselines.md --marker baselines-table
+	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_image_auroc.md docs/cross_domain.md --marker cross-domain-table
+	$(BIN)/gad embed $(STUDY_OUT)/cross_domain/table_ablation.md docs/cross_domain.md --marker ablation-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_gain.md docs/normal_abnormal.md --marker gain-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_ablation.md docs/normal_abnormal.md --marker nagl-ablation-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_inctrl_terms.md docs/normal_abnormal.md --marker inctrl-terms-table
+	$(BIN)/gad embed $(STUDY_OUT)/normal_abnormal/table_published.md docs/normal_abnormal.md --marker published-table
+	$(BIN)/gad embed $(STUDY_OUT)/residual_space/table_alignment.md docs/residual_space.md --marker alignment-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_summary.md docs/three_gaps.md --marker three-gaps-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_gain.md docs/three_gaps.md --marker vod-gain-table
+	$(BIN)/gad embed $(STUDY_OUT)/three_gaps/table_references.md docs/three_gaps.md --marker synthetic-references-table
+	$(BIN)/gad embed $(STUDY_OUT)/scaling/table_verdict.md docs/scaling.md --marker scaling-table
+	$(BIN)/gad embed $(STUDY_OUT)/study_time.md docs/engine.md --marker study-time-table
+
+# The study as a static HTML site, from the committed results and docs/ (runs no notebook).
+report: $(STAMP)
+	$(BIN)/gad report --out build/report
 
 bench: $(STAMP)
 	$(BIN)/gad bench --out results/bench
@@ -40,10 +47,10 @@ bench: $(STAMP)
 	$(BIN)/gad bench --search knn,resad --out results/bench
 	$(BIN)/gad bench --study --out results/bench
 	$(BIN)/gad bench --layouts --out results/bench
-	$(BIN)/gad embed results/bench/bench.md README.md --marker bench-table
-	$(BIN)/gad embed results/bench/search.md README.md --marker search-table
-	$(BIN)/gad embed results/bench/threads.md README.md --marker threads-table
-	$(BIN)/gad embed results/bench/layouts.md README.md --marker layouts-table
+	$(BIN)/gad embed results/bench/bench.md docs/engine.md --marker bench-table
+	$(BIN)/gad embed results/bench/search.md docs/engine.md --marker search-table
+	$(BIN)/gad embed results/bench/threads.md docs/engine.md --marker threads-table
+	$(BIN)/gad embed results/bench/layouts.md docs/engine.md --marker layouts-table
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -309,6 +309,41 @@ def bench(
         typer.echo(f"wrote {out}/study_time.csv")
 
 
+@app.command()
+def headline(
+    results: Path = typer.Option(Path("results/embedded"), help="the study's results folder"),
+    out: Optional[Path] = typer.Option(None, help="Markdown file to write (default: RESULTS/headline.md)"),
+) -> None:
+    """The study in one table: each trained method against the best training-free baseline, per target."""
+    from gadlib.compare import headline as make_headline, headline_markdown, read_tidy
+
+    try:
+        table = make_headline(read_tidy(root=results))
+    except (ValueError, FileNotFoundError) as err:
+        typer.secho(f"error: {err}; run `make study` first", fg="red", err=True)
+        raise typer.Exit(2)
+    out = out or results / "headline.md"
+    out.write_text(headline_markdown(table))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("build/report"), help="folder to write the HTML report into (emptied first)"),
+    root: Optional[Path] = typer.Option(None, help="the repository to build from (default: this checkout)"),
+) -> None:
+    """The study as a static HTML site from the committed results and docs/ (runs no notebook)."""
+    from gadlib.report import build_report
+
+    built = build_report(out, root)
+    for notebook in built.missing_notebooks:
+        typer.echo(f"not in the results yet (its page says so): {notebook}")
+    typer.echo(f"wrote {len(built.pages)} pages -> {out / 'index.html'}")
+    if built.broken:
+        typer.secho("broken links:\n  " + "\n  ".join(built.broken), fg="red", err=True)
+        raise typer.Exit(1)
+
+
 @app.command("embed")
 def embed(
     table: Path = typer.Argument(..., help="a generated Markdown file, e.g. results/embedded/table_image_auroc.md"),

@@ -24,11 +24,13 @@ import pandas as pd
 from gadlib.results import summarize, to_markdown
 
 #: Where each method's plain, whole-target rows live: (results folder, tidy file, row filters). The
+#: baselines notebook has the named training-free baselines (:mod:`gadlib.baselines`); the
 #: normal-and-abnormal notebook has ResAD, InCTRL, NAGL and kNN with m = 0 and label-free references, and
 #: InCTRL's training-free patch term s_p on the same draws; the three-gap notebook has VOD (and kNN + A) on the
 #: same three targets, trained on the synthetic source, with one simulated abnormal reference. A file missing
 #: at a revision (an older study) is skipped.
 STUDY_VIEWS: tuple[tuple[str, str, dict], ...] = (
+    ("baselines", "tidy.csv", {}),
     ("normal_abnormal", "tidy.csv", {"abnormal_shots": [0], "protocol": ["label-free"]}),
     ("normal_abnormal", "inctrl_terms_tidy.csv", {"method": ["s_p: patch residual (training-free)"]}),
     ("three_gaps", "tidy.csv", {"target": ["synth: 3 unseen categories", "synth → textile", "synth → ELPV"]}),
@@ -122,3 +124,53 @@ def before_after_markdown(table: pd.DataFrame) -> str:
         index=["dataset", "method"], columns="shots", values="cell", aggfunc="first")
     wide.columns = [f"k={k}" for k in wide.columns]
     return to_markdown(wide.reset_index())
+
+
+#: The headline's rows: the bar, the first round's baseline, and each trained method in its plain form.
+HEADLINE_METHODS: tuple[str, ...] = ("kNN (L2, max)", "ResAD", "InCTRL-vision", "NAGL", "VOD: A + B")
+HEADLINE_TARGETS: dict[str, str] = {"elpv": "ELPV (solar cells)", "textile": "textile",
+                                    "synth": "synth: 3 unseen categories"}
+
+
+def headline(tidy: pd.DataFrame, bar: str | None = None, methods: Sequence[str] = HEADLINE_METHODS,
+             targets: dict[str, str] = HEADLINE_TARGETS, metric: str = "image_auroc") -> pd.DataFrame:
+    """The study in one table: per target, the best training-free baseline and each method against it.
+
+    Cells are the mean ``metric`` (%) over seeds of the per-seed macro average over categories, with the
+    difference to the bar at the same k in brackets (positive: the method beats what needs no training).
+    ``tidy`` is :func:`read_tidy`'s rows, where every method shares the seeded reference draws.
+    """
+    from gadlib.baselines import BEST_TRAINING_FREE
+
+    bar = bar or BEST_TRAINING_FREE
+    means = summarize(tidy[tidy["metric"] == metric], by=("dataset", "method", "shots")).set_index(
+        ["dataset", "method", "shots"])["mean"]
+    present = set(means.index.get_level_values("method"))
+    missing = [m for m in (bar, *methods) if m not in present]
+    if missing:
+        raise ValueError(f"headline: no '{metric}' rows for {missing}; methods: {sorted(present)}")
+    shots = sorted(set(means.index.get_level_values("shots")))
+    rows = []
+    for dataset, label in targets.items():
+        for method in (bar, *methods):
+            row = {"target": label, "method": "best training-free: " + method if method == bar else method}
+            for k in shots:
+                value, reference = means.get((dataset, method, k)), means.get((dataset, bar, k))
+                if value is None:
+                    row[f"k={k}"] = "–"
+                elif method == bar or reference is None:
+                    row[f"k={k}"] = f"**{100 * value:.1f}**" if method == bar else f"{100 * value:.1f}"
+                else:
+                    gain = round(100 * (value - reference), 1) + 0.0      # + 0.0: never "-0.0"
+                    row[f"k={k}"] = f"{100 * value:.1f} ({gain:+.1f})"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_markdown(table: pd.DataFrame, seeds: Sequence[int] = (0, 1, 2)) -> str:
+    """:func:`headline` as Markdown with the note that says how to read it."""
+    return to_markdown(table) + (
+        "\nImage AUROC (%), mean over seeds " + ", ".join(map(str, seeds)) + " of the same reference draws for "
+        "every row; in brackets the difference to the best training-free baseline (bold) at the same k. kNN (L2, "
+        "max) is the first round's baseline; NAGL and VOD use no abnormal reference here except VOD's one "
+        "cut-and-paste image made from the normal references.\n")

@@ -62,6 +62,7 @@ STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
         ("25_normal_abnormal.ipynb", "normal_abnormal"),
         ("10_residual_space.ipynb", "residual_space"),
         ("30_three_gaps.ipynb", "three_gaps"),
+        ("40_scaling.ipynb", "scaling"),
     ))
 # Checks that chose the trained methods' defaults on held-out source categories (`make validate`): not part
 # of the study's time; re-run them when a default is in question.

@@ -76,7 +76,7 @@ def load_source(specs: str | Sequence[str], categories: Sequence[str] | None = N
     if source.empty:
         known = sorted(set().union(*(set(load_dataset(s)[1]["category"]) for s in specs)))
         raise ValueError(f"source {specs} has no images in categories {list(categories or [])}"
-                         f"{f' and domains {list(domains)}' if domains is not None else ''}; known categories: {known}")
+                         f"{f' and domains {list(domains)}' if domains is not None else ''}; known: {known}")
     return source
 
 

@@ -66,3 +66,25 @@ def test_read_tidy_from_git_filters_views_and_keeps_one_source_per_method(tmp_pa
     with pytest.raises(RuntimeError, match="nonexistent"):
         read_tidy("nonexistent", root="results", views=views, repo=tmp_path)
     assert read_tidy(None, root="results", views=views, repo=tmp_path).query("method == 'VOD'")["value"].item() == 0.9
+
+
+def test_headline_reads_every_method_against_the_bar_at_the_same_k():
+    from gadlib.compare import headline, headline_markdown
+
+    tidy = pd.concat([
+        _rows({("bar", 2): [0.8, 0.9], ("bar", 4): [0.9, 0.9], ("ResAD", 2): [0.7, 0.7], ("ResAD", 4): [0.95, 0.95],
+               ("NAGL", 2): [0.85, 0.85]}),
+        _rows({("bar", 2): [0.6, 0.6], ("ResAD", 2): [0.6, 0.6], ("NAGL", 2): [0.5, 0.7]}, dataset="textile",
+              domain="textile"),
+    ])
+    table = headline(tidy, bar="bar", methods=["ResAD", "NAGL"], targets={"elpv": "ELPV", "textile": "textile"})
+    cell = table.set_index(["target", "method"])
+    assert cell.loc[("ELPV", "best training-free: bar"), "k=2"] == "**85.0**"
+    assert cell.loc[("ELPV", "ResAD"), "k=2"] == "70.0 (-15.0)"
+    assert cell.loc[("ELPV", "ResAD"), "k=4"] == "95.0 (+5.0)"
+    assert cell.loc[("ELPV", "NAGL"), "k=4"] == "–"                  # no row: shown, not invented
+    assert cell.loc[("textile", "ResAD"), "k=2"] == "60.0 (+0.0)"     # never "-0.0"
+    assert cell.loc[("textile", "NAGL"), "k=2"] == "60.0 (+0.0)"
+    assert "bold" in headline_markdown(table)
+    with pytest.raises(ValueError, match="VOD"):
+        headline(tidy, bar="bar", methods=["VOD"], targets={"elpv": "ELPV"})

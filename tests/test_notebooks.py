@@ -365,7 +365,8 @@ def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(sc
     names = {p.name for p in scaling_nb.iterdir()}
     assert {"sources.csv", "table_sources.md", "training.csv", "tidy.csv", "bar_tidy.csv", "table_verdict.md",
             "table_verdict.csv", "table_sources_auroc.md", "auroc_vs_categories.png", "auroc_vs_backbone.png",
-            "auroc_vs_length.png", "parameters.json", "environment.json", "40_scaling.ipynb"} <= names
+            "auroc_vs_length.png", "source_sheet.png", "parameters.json", "environment.json",
+            "40_scaling.ipynb"} <= names
     assert not _errors(scaling_nb / "40_scaling.ipynb")
     sources = pd.read_csv(scaling_nb / "sources.csv")
     assert list(sources["source_categories"]) == [1, 2, 1, 1]        # base, 2 categories, Lite1, 2x length
