@@ -64,6 +64,7 @@ th, td { border: 1px solid #ccc; padding: .25em .5em; } th { background: #f0f0f0
 code { background: #f3f3f3; padding: 0 .2em; } pre { background: #f6f6f6; padding: .8em; overflow-x: auto; }
 img { max-width: 100%; } blockquote { border-left: 4px solid #ccc; margin-left: 0; padding-left: 1em; color: #444; }
 .pager { margin-top: 2em; display: flex; justify-content: space-between; }
+figure { margin: 1.5em 0; } figcaption { font-size: .85em; color: #555; }
 """
 
 
@@ -95,15 +96,32 @@ def render_markdown(text: str) -> str:
 
 
 def notebook_html(path: Path) -> str:
-    """The executed notebook as one HTML document (nbconvert's lab template, images inline)."""
+    """The executed notebook as one HTML document (nbconvert's lab template, images inline).
+
+    Its stderr streams (progress bars, library warnings: the study's terminal shows them) are left out.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
     exporter = HTMLExporter(template_name="lab")
     exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
+    body, _ = exporter.from_notebook_node(notebook)
     # MathJax and require.js from a CDN: the study's notebooks use neither, and the report must work offline.
     return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", body)
+
+
+def _gallery(folder: Path, root: Path, shown: set[str]) -> str:
+    """Every figure the study wrote (``folder/*.png``) that the findings page does not show already."""
+    figures = [f for f in sorted(folder.glob("*.png")) if f.relative_to(root).as_posix() not in shown]
+    if not figures:
+        return ""
+    items = "".join(f'<figure><img src="{html.escape(f.relative_to(folder).as_posix())}" alt="{html.escape(f.stem)}">'
+                    f"<figcaption><code>{html.escape(f.name)}</code></figcaption></figure>\n" for f in figures)
+    return f'\n<h2 id="all-figures">All figures of this study</h2>\n<div class="figures">\n{items}</div>\n'
 
 
 def _page(title: str, body: str, nav: str, pager: str = "") -> str:
@@ -170,6 +188,8 @@ def build_report(out: str | Path = "build/report", root: str | Path | None = Non
         if page.notebook:
             notebook = root / page.notebook
             if notebook.is_file():
+                shown = set(re.findall(r'src="assets/([^"]+)"', body))
+                body += links(_gallery(notebook.parent, root, shown), notebook)
                 name = f"{page.slug}_notebook.html"
                 body += (f'\n<hr><p class="notebook"><a href="{name}">The notebook, executed</a>: '
                          f"<code>{page.notebook}</code> as <code>make study</code> ran it, every table and figure "

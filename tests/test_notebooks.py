@@ -363,7 +363,7 @@ def scaling_nb(tmp_path_factory):
 
 def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(scaling_nb):
     names = {p.name for p in scaling_nb.iterdir()}
-    assert {"sources.csv", "table_sources.md", "training.csv", "tidy.csv", "bar_tidy.csv", "table_verdict.md",
+    assert {"sources.csv", "table_sources.md", "training.csv", "tidy.csv.gz", "bar_tidy.csv.gz", "table_verdict.md",
             "table_verdict.csv", "table_sources_auroc.md", "auroc_vs_categories.png", "auroc_vs_backbone.png",
             "auroc_vs_length.png", "source_sheet.png", "parameters.json", "environment.json",
             "40_scaling.ipynb"} <= names
@@ -373,10 +373,13 @@ def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(sc
     assert sorted(sources["axis"]) == ["backbone", "categories", "default", "length"]
     training = pd.read_csv(scaling_nb / "training.csv")
     assert training["checkpoint"].nunique() == 4                       # four models, one per source
-    tidy = pd.read_csv(scaling_nb / "tidy.csv")
+    tidy = pd.read_csv(scaling_nb / "tidy.csv.gz")
     assert set(tidy["target"]) == {"leather", "held-out photo categories"}
     assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite1"}
-    bar = pd.read_csv(scaling_nb / "bar_tidy.csv")
+    bar = pd.read_csv(scaling_nb / "bar_tidy.csv.gz")
+    # only the bar's run folders (they record the draws every model shares) are kept in the results
+    assert {p.name for p in (scaling_nb / "runs").iterdir()} == {"bar_best_training_free",
+                                                                "bar_best_training_free_efficientnet_lite1"}
     assert set(bar["label"]) == {"best training-free", "best training-free, efficientnet_lite1"}
     # the verdict's numbers are the tidy rows' means
     verdict = pd.read_csv(scaling_nb / "table_verdict.csv").set_index("target")
