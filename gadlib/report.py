@@ -35,12 +35,13 @@ class Page:
     notebook: str | None = None       # executed notebook, relative to the repository root
 
 
-#: The teaching path: quickstart -> residual space -> baselines -> the three studies -> scaling.
+#: The teaching path: quickstart -> residual space -> explorer -> baselines -> the three studies -> scaling.
 COURSE: tuple[Page, ...] = (
     Page("quickstart", "Quickstart: the nearest-normal baseline", "docs/quickstart.md",
          "results/embedded/quickstart/00_quickstart.ipynb"),
     Page("residual_space", "Residual space", "docs/residual_space.md",
          "results/embedded/residual_space/10_residual_space.ipynb"),
+    Page("explorer", "Explorer: click a patch", "docs/explorer.md", "results/embedded/explorer/15_explorer.ipynb"),
     Page("baselines", "Baselines: the bar", "docs/baselines.md", "results/embedded/baselines/12_baselines.ipynb"),
     Page("cross_domain", "Cross-domain: ResAD", "docs/cross_domain.md",
          "results/embedded/cross_domain/20_cross_domain.ipynb"),

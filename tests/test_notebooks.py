@@ -388,3 +388,20 @@ def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(sc
     bar_rows = bar[(bar["metric"] == "image_auroc") & (bar["label"] == "best training-free")
                    & (bar["target"] == "leather")]
     assert verdict.loc["leather", "best training-free"] == pytest.approx(round(100 * bar_rows["value"].mean(), 1))
+
+
+def test_explorer_notebook_answers_a_click_on_a_tiny_suite(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    spec = f"synth:{root}"
+    out = tmp_path / "explorer"
+    run_notebook(NOTEBOOK_DIR / "15_explorer.ipynb", out,
+                 dict(dataset=spec, datasets=[spec], category="tile", shots=2, max_queries=4, image_size=64,
+                      backend="inline"))
+    executed = nbformat.read(out / "15_explorer.ipynb", as_version=4)
+    assert not _errors(out / "15_explorer.ipynb")
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                      if o.output_type == "stream" and o.get("name") == "stdout")
+    # the demonstration click on the most anomalous cell answers with its nearest reference patch and numbers
+    assert "-> reference" in printed and "distance" in printed and "after VOD (A)" in printed
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert images, "the static copy shows the explorer's figure"

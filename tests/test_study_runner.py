@@ -166,8 +166,11 @@ def test_select_keeps_study_order_and_names_the_choices(toys):
 
 
 def test_the_study_list_lives_here_in_order():
-    assert [n.name for n in study_runner.STUDY_NOTEBOOKS] == ["quickstart", "baselines", "cross_domain", "normal_abnormal",
-                                                               "residual_space", "three_gaps", "scaling"]
+    assert [n.name for n in study_runner.STUDY_NOTEBOOKS] == ["quickstart", "explorer", "baselines", "cross_domain",
+                                                               "normal_abnormal", "residual_space", "three_gaps",
+                                                               "scaling"]
+    explorer = next(n for n in study_runner.STUDY_NOTEBOOKS if n.name == "explorer")
+    assert dict(explorer.parameters) == {"backend": "inline"}          # a static copy for the report
     assert all(n.path.is_file() for n in study_runner.STUDY_NOTEBOOKS)
 
 
