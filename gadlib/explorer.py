@@ -6,7 +6,8 @@ and then answers the questions of a person clicking around, each in well under a
 
 * :meth:`~PatchExplorer.nearest`: which reference patch is nearest to a query patch, how far, the residual's
   size, and what VOD's two readings make of it (:mod:`gadlib.kernels.vod`);
-* :meth:`~PatchExplorer.score_map`: the nearest-normal map of a query for any k up to the drawn one;
+* :meth:`~PatchExplorer.score_map`: the nearest-normal map of a query for any k up to the drawn one, and
+  :meth:`~PatchExplorer.method_map` the map of any named baseline or cached trained model (:func:`map_methods`);
 * :meth:`~PatchExplorer.embedding`: a 2-D PCA of patches of the references and queries, with labels and
   where each came from, and :meth:`~PatchExplorer.thumbnail` to show one.
 
@@ -27,6 +28,25 @@ from gadlib.kernels.vod import channel_vod_grid, position_vod_any
 from gadlib.methods import create_method
 
 METRICS = ("cosine", "l2")
+TRAINED = ("resad", "inctrl", "nagl", "vod")
+STUDY_SOURCE = ("synth", ["brushed_metal", "woven_fabric", "wood_grain", "tile", "washer", "bottle_top"])
+
+
+def map_methods(trained: bool = True) -> dict[str, tuple[str, dict]]:
+    """The maps the explorer can show: every named training-free baseline, and each trained method whose
+    default checkpoint on the study's source is already in the cache (never trained here)."""
+    from gadlib.baselines import BASELINES
+    from gadlib.training import checkpoint_path
+
+    methods = {name: (method, dict(params)) for name, (method, params) in BASELINES.items()}
+    if trained:
+        for name in TRAINED:
+            model = create_method(name, progress=False)
+            path = checkpoint_path(name, model.get_params(), STUDY_SOURCE[0], STUDY_SOURCE[1],
+                                   model.feature_cache().backbone.key())
+            if path.with_suffix(".safetensors").is_file():
+                methods[f"{name} (trained on the study's source)"] = (name, {})
+    return methods
 
 
 class PatchExplorer:
@@ -125,6 +145,30 @@ class PatchExplorer:
         return dict(reference=reference, ref_row=rest // self.side, ref_col=rest % self.side,
                     distance=float(distances[index]), residual_norm=float(residual.norm()),
                     vod_a_norm=float((a_query[0] - a_bank[a_index]).norm()), vod_b=vod_b.numpy())
+
+    def method_map(self, name: str, query: int, shots: int | None = None) -> np.ndarray:
+        """Query ``query``'s pixel map (``image_size`` square) by ``name`` of :func:`map_methods` with the first
+        ``shots`` references; the method is built (or its checkpoint loaded) once."""
+        from gadlib.methods.base import References
+
+        methods = getattr(self, "_methods", None)
+        if methods is None:
+            methods = self._methods = {}
+        if name not in methods:
+            known = map_methods()
+            if name not in known:
+                raise ValueError(f"unknown map {name!r}; known: {list(known)}")
+            method, params = known[name]
+            if method in TRAINED:
+                from gadlib.training import train_or_load
+
+                methods[name] = train_or_load(method, STUDY_SOURCE[0], STUDY_SOURCE[1], progress=False)[0]
+            else:
+                methods[name] = create_method(method, **dict(params, image_size=self.image_size), progress=False)
+        shots = shots or self.shots
+        self._bank(shots)                                          # checks shots
+        scores = methods[name].predict([self.queries["path"][query]], References(self.references[:shots]))
+        return np.asarray(scores.pixel[0])
 
     # -- patches in 2-D --------------------------------------------------------------------------------------
     @cached_property

@@ -66,3 +66,17 @@ def test_embedding_geometry_thumbnails_and_bad_input(explorer):
         explorer.score_map(0, 4)
     with pytest.raises(ValueError, match="metric"):
         PatchExplorer(metric="manhattan")
+
+
+def test_maps_of_the_named_baselines_and_only_cached_trained_models(explorer):
+    from gadlib.baselines import BASELINES
+    from gadlib.explorer import map_methods
+
+    assert set(map_methods(trained=False)) == set(BASELINES)
+    assert set(map_methods()) == set(BASELINES)              # this test cache holds no study checkpoint
+    heat = explorer.method_map("kNN (cosine, top-1 %)", 0, 2)
+    assert heat.shape == (64, 64) and np.isfinite(heat).all() and heat.max() > heat.min()
+    fewer = explorer.method_map("kNN (cosine, top-1 %)", 0, 1)
+    assert fewer.mean() >= heat.mean() - 1e-6                 # one reference covers less: never closer
+    with pytest.raises(ValueError, match="unknown map"):
+        explorer.method_map("PatchCore-XL", 0)

@@ -396,7 +396,7 @@ def test_explorer_notebook_answers_a_click_on_a_tiny_suite(tiny_suite, tmp_path)
     out = tmp_path / "explorer"
     run_notebook(NOTEBOOK_DIR / "15_explorer.ipynb", out,
                  dict(dataset=spec, datasets=[spec], category="tile", shots=2, max_queries=4, image_size=64,
-                      backend="inline"))
+                      backend="inline", method="kNN (L2, max)"))     # a named baseline's map under the click
     executed = nbformat.read(out / "15_explorer.ipynb", as_version=4)
     assert not _errors(out / "15_explorer.ipynb")
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
