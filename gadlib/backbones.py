@@ -26,8 +26,8 @@ DEFAULT_LEVELS: dict[str, tuple[int, ...]] = {
     "efficientnet_lite0": (2, 3),     # strides 8 and 16, 40 + 112 channels
     "efficientnet_lite1": (2, 3),     # strides 8 and 16, 40 + 112 channels
     "efficientnet_lite2": (2, 3),     # strides 8 and 16, 48 + 120 channels
-    "wide_resnet50_2": (1, 2),        # timm index of layer2/layer3 (PatchCore)
-    "resnet18": (1, 2),
+    "wide_resnet50_2": (2, 3),        # timm indices of layer2 / layer3, strides 8 and 16 (PatchCore)
+    "resnet18": (2, 3),               # (index 0 is the stem at stride 2, 1 is layer1 at stride 4)
 }
 
 

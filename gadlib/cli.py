@@ -96,18 +96,34 @@ def train(
     method: str = typer.Option("resad", help="registered trainable method (see `gad methods`)"),
     source: str = typer.Option("synth", help="source dataset spec(s), comma-separated, e.g. synth or synth,textile"),
     source_categories: Optional[str] = typer.Option(None, help="comma-separated source categories (default: all)"),
-    out: Path = typer.Option(..., help="checkpoint to write: OUT.safetensors + OUT.json"),
+    out: Optional[Path] = typer.Option(None, help="checkpoint to write: OUT.safetensors + OUT.json (required "
+                                                  "unless --dry-run)"),
     backbone: Optional[str] = typer.Option(None, help="timm backbone name (default: the method's)"),
     backbone_weights: Optional[Path] = typer.Option(None, help="local weights file for the backbone"),
     image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the method's)"),
     method_param: list[str] = typer.Option([], "--method-param", "-m",
                                            help="hyper-parameter KEY=VALUE (YAML value), repeatable, e.g. -m epochs=100"),
     quiet: bool = typer.Option(False, help="no progress bars"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the backbone's feature shapes, the trainable "
+                                 "parameters, the positions per step and a memory estimate; train nothing"),
 ) -> None:
     """Train a method on a source domain (fixed epoch count, last epoch kept) and save a checkpoint."""
     from gadlib.training import train_or_load
 
     params = _method_params(backbone, backbone_weights, image_size, method_param)
+    if dry_run:
+        from gadlib.dryrun import dry_run as plan_run
+
+        try:
+            plan = plan_run(method, params)
+        except (ValueError, FileNotFoundError, TypeError) as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
+            raise typer.Exit(2)
+        typer.echo("\n".join(plan.lines()))
+        return
+    if out is None:
+        typer.secho("error: --out is required (where the checkpoint goes), unless --dry-run", fg="red", err=True)
+        raise typer.Exit(2)
     specs = [s.strip() for s in source.split(",") if s.strip()]
     categories = [c.strip() for c in source_categories.split(",") if c.strip()] if source_categories else None
     try:

@@ -211,6 +211,20 @@ class InCTRL(BackboneFeatures, Method):
         mean = torch.stack(per_layer).mean(0)
         return {k: mean[:, k - 1].reshape(b, n) for k in shots}
 
+    def plan(self, levels: Sequence[torch.Tensor], plan) -> None:
+        """For :func:`gadlib.dryrun.dry_run`: the learned heads, and one step's patch residuals."""
+        from gadlib.dryrun import count
+
+        tokens, embeddings = self._layers(levels)
+        heads = InCTRLHeads(embeddings.shape[1], tokens[0].shape[1], self.hidden, bool(self.text_weights))
+        plan.modules["image-residual adapter"] = count(heads.adapter)
+        plan.modules["image head"] = count(heads.image_head)
+        plan.modules["holistic head"] = count(heads.holistic_head)
+        cells = tokens[0].shape[1]
+        plan.per_step[f"patch residuals (batch x cells x {len(tokens)} layers)"] = self.batch_size * cells * len(tokens)
+        plan.per_step["reference cells searched per query cell"] = self.train_shots * cells
+        plan.activation_values += self.batch_size * (4 * embeddings.shape[1] + 2 * cells + 4 * self.hidden)
+
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "InCTRL":
         """Train the heads on balanced source batches (see :meth:`SourcePool.episode`)."""

@@ -255,6 +255,24 @@ class NAGL(BackboneFeatures, Method):
                 out[i] = 1 - nearest_neighbour(residual_q[i], res[inside], "cosine")[0] / 2
         return out
 
+    def plan(self, levels: Sequence[torch.Tensor], plan) -> None:
+        """For :func:`gadlib.dryrun.dry_run`: proxies and the two attention blocks, and one step's tokens."""
+        from gadlib.dryrun import count
+
+        grid = self.aligned(levels)
+        dim, cells = grid.shape[1], grid.shape[-2] * grid.shape[-1]
+        self._build(dim)
+        plan.modules[f"proxies ({self.proxies} x {dim})"] = self.network_.proxies.numel()
+        plan.modules["Residual Mining attention"] = count(self.network_.mining)
+        plan.modules["Anomaly Feature Learning attention"] = count(self.network_.feature_learning)
+        abnormal_tokens = self.train_abnormal_shots * cells
+        plan.per_step["query tokens (batch x cells)"] = self.batch_size * cells
+        plan.per_step["Residual Mining: proxies x abnormal-reference tokens"] = (
+            self.batch_size * self.proxies * abnormal_tokens)
+        plan.per_step["Anomaly Feature Learning: query tokens x proxies"] = self.batch_size * cells * self.proxies
+        plan.activation_values += (8 * self.batch_size * (cells + abnormal_tokens) * dim
+                                   + 2 * self.heads * self.batch_size * self.proxies * (cells + abnormal_tokens))
+
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "NAGL":
         """Train proxies and attention on source episodes (see :meth:`SourcePool.guided_episode`)."""

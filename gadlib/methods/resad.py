@@ -204,6 +204,25 @@ class ResAD(BackboneFeatures, Method):
         constrained = to_patches(self.constraintors_[level](residuals))
         return self.flows_[level].log_likelihood_grid(constrained, self._positions(level, (h, w))).reshape(b, h, w)
 
+    def plan(self, levels: Sequence[torch.Tensor], plan) -> None:
+        """For :func:`gadlib.dryrun.dry_run`: each level's constraintor and flow, and what one step puts through
+        them (``levels``: one image's backbone levels)."""
+        from gadlib.dryrun import count
+
+        channels = [level.shape[1] for level in levels]
+        self._build(channels)
+        for (level, c, info) in zip(levels, channels, plan.levels):
+            i, cells = info["level"], self.batch_size * level.shape[-2] * level.shape[-1]
+            flowed = min(cells, self.max_flow_positions)
+            index = plan.levels.index(info)
+            plan.modules[f"constraintor, level {i}"] = count(self.constraintors_[index])
+            plan.modules[f"flow, level {i} ({self.flow_blocks} blocks)"] = count(self.flows_[index])
+            plan.per_step[f"level {i}: query cells through the constraintor"] = cells
+            plan.per_step[f"level {i}: positions through the flow (max_flow_positions)"] = flowed
+            plan.per_step[f"level {i}: reference cells searched per query cell"] = (
+                self.train_shots * level.shape[-2] * level.shape[-1])
+            plan.activation_values += 4 * cells * c + flowed * (c + self.position_dim) * (2 * self.flow_blocks + 2)
+
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "ResAD":
         """Train constraintors and flows on a source-domain schema table (see :class:`SourcePool`)."""

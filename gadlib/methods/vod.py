@@ -160,6 +160,17 @@ class VOD(BackboneFeatures, Method):
         shift, scale = self.input_mean_.to(residuals.device), self.input_std_.to(residuals.device)
         return torch.sigmoid(self.head_((residuals - shift) / scale))
 
+    def plan(self, levels: Sequence[torch.Tensor], plan) -> None:
+        """For :func:`gadlib.dryrun.dry_run`: the residual head, and the residuals one step puts through it."""
+        from gadlib.dryrun import count
+
+        grid = self.aligned(levels)
+        dim, cells = grid.shape[1], grid.shape[-2] * grid.shape[-1]
+        plan.modules["residual head"] = count(ResidualHead(dim, self.hidden))
+        plan.per_step["residuals through the head (batch x cells)"] = self.batch_size * cells
+        plan.per_step["reference cells searched per query cell"] = self.train_shots * cells
+        plan.activation_values += self.batch_size * cells * (2 * dim + 2 * self.hidden)
+
     # -- training ----------------------------------------------------------------------------------
     def fit(self, source) -> "VOD":
         """Train the head on source episodes (see :meth:`SourcePool.episode`)."""
