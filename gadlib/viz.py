@@ -250,13 +250,17 @@ def metric_vs_shots(
         ax.set_title("" if panel is None else f"{col} = {panel}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
-    # One legend for all panels, so a line drawn in one panel only (e.g. a published reference) is named.
+    _one_legend(axes, fontsize=8)
+    return fig
+
+
+def _one_legend(axes, fontsize: int) -> None:
+    """One legend for all panels, on the last, so a line drawn in one panel only (e.g. a reference) is named."""
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    axes[-1].legend(list(handles.values()), list(handles), fontsize=8)
-    return fig
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=fontsize)
 
 
 def metric_vs_source(
@@ -313,11 +317,7 @@ def metric_vs_source(
         ax.set_title(f"{panel}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
-    handles = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    axes[-1].legend(list(handles.values()), list(handles), fontsize=7)
+    _one_legend(axes, fontsize=7)
     return fig
 
 

@@ -65,6 +65,7 @@ def test_quickstart_writes_tables_figures_and_records(quickstart):
         with Image.open(quickstart / png) as img:
             assert img.width > 300 and img.height > 150
     assert not _errors(quickstart / "00_quickstart.ipynb")
+    assert "widgets" not in json.loads((quickstart / "00_quickstart.ipynb").read_text())["metadata"]
     params = json.loads((quickstart / "parameters.json").read_text())
     assert params["shots"] == [1, 2] and params["max_per_group"] == 4
     # The kernel's IPC sockets live in a temporary folder, not beside the notebooks.
