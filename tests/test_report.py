@@ -70,7 +70,7 @@ def test_the_committed_report_builds_without_a_broken_link(tmp_path):
         assert f'href="{page.slug}.html"' in index
     for name in report.pages:
         text = (tmp_path / "report" / name).read_text()
-        for target in re.findall(r'(?:src|href)="([^"#:]+)[^"]*"', text):
+        for target in re.findall(r'(?:src|href)="([^"#:]+)(?:#[^"]*)?"', text):     # local: no scheme (data:, https:)
             assert (tmp_path / "report" / target).exists(), f"{name}: {target}"
 
 
