@@ -1,6 +1,7 @@
 """What a person sees: the built report in headless Chromium (Debian packages chromium, chromium-driver).
 
-Skipped, with the reason, where Chromium is not installed; `.ci/run` installs it, so CI always runs them.
+Skipped, with the reason, where Chromium is not installed. `.ci/run` installs it and sets GADLIB_REQUIRE_BROWSER=1,
+under which a missing browser fails the tests instead: a green CI run is proof that they ran.
 Screenshots go to the test's folder (and, with GADLIB_SCREENSHOTS=DIR, to DIR, where the good ones are
 picked for docs/screenshots/).
 """
@@ -17,13 +18,17 @@ from gadlib.report import COURSE, build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+REQUIRED = os.environ.get("GADLIB_REQUIRE_BROWSER") == "1"
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
+    not (CHROMIUM and DRIVER) and not REQUIRED,
     reason="browser tests need headless Chromium: apt-get install chromium chromium-driver (as .ci/run does)")
 
 
 @pytest.fixture(scope="module")
 def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("GADLIB_REQUIRE_BROWSER=1 but chromium or chromedriver is missing: "
+                    "apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
