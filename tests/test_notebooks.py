@@ -355,7 +355,8 @@ def scaling_nb(tmp_path_factory):
                   base_categories=1, base_images=24, category_counts=[1, 2], image_counts=[24], more_defects=False,
                   backbones=["efficientnet_lite0", "efficientnet_lite1"], lengths=[1, 2], real=[], suite_size=64,
                   targets={spec: "leather"}, target_categories={spec: ["leather"]}, held_out=True,
-                  training_free_params={"image_size": 64}, shots=[2], seeds=[0, 1], max_per_group=3,
+                  training_free_params={"image_size": 64}, shots=[2], seeds=[0, 1], study_shots=[1, 2],
+                  max_per_group=3,
                   progress=False)
     out = tmp_path_factory.mktemp("scaling") / "scaling"
     run_notebook(NOTEBOOK_DIR / "40_scaling.ipynb", out, params)
@@ -366,7 +367,7 @@ def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(sc
     names = {p.name for p in scaling_nb.iterdir()}
     assert {"sources.csv", "table_sources.md", "training.csv", "tidy.csv.gz", "bar_tidy.csv.gz", "table_verdict.md",
             "table_verdict.csv", "table_sources_auroc.md", "auroc_vs_categories.png", "auroc_vs_backbone.png",
-            "auroc_vs_length.png", "source_sheet.png", "parameters.json", "environment.json",
+            "auroc_vs_length.png", "source_sheet.jpg", "parameters.json", "environment.json",
             "40_scaling.ipynb"} <= names
     assert not _errors(scaling_nb / "40_scaling.ipynb")
     sources = pd.read_csv(scaling_nb / "sources.csv")
@@ -377,6 +378,7 @@ def test_scaling_notebook_trains_along_each_axis_and_reads_it_against_the_bar(sc
     tidy = pd.read_csv(scaling_nb / "tidy.csv.gz")
     assert set(tidy["target"]) == {"leather", "held-out photo categories"}
     assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite1"}
+    assert set(tidy["shots"]) == {2}            # the default source's model scored at study_shots, kept at shots
     bar = pd.read_csv(scaling_nb / "bar_tidy.csv.gz")
     # only the bar's run folders (they record the draws every model shares) are kept in the results
     assert {p.name for p in (scaling_nb / "runs").iterdir()} == {"bar_best_training_free",

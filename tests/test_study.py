@@ -37,6 +37,18 @@ def test_evaluate_rows_and_protocol(tiny_suite):
     assert len(result.scores) == n_test * 3 * 3
 
 
+def test_a_k_reads_the_same_whatever_other_k_are_requested(tiny_suite):
+    # a k's draw depends on (category, k, seed) only, so the scaling notebook reads k = 4 from the other
+    # notebooks' k = 1, 2, 4, 8 cells: the same draw and the same numbers as a k = 4 request
+    _, frame = tiny_suite
+    method = create_method("knn", **KNN)
+    alone = evaluate(frame, method, "synth", shots=[2], seeds=[0, 1], store=False, progress=False)
+    among = evaluate(frame, method, "synth", shots=[1, 2, 4], seeds=[0, 1], store=False, progress=False)
+    assert [e.normal_refs for e in alone.episodes] == [e.normal_refs for e in among.episodes if e.shots == 2]
+    kept = among.tidy[among.tidy["shots"] == 2].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone.tidy.reset_index(drop=True), kept, check_exact=False, rtol=1e-6)
+
+
 def test_second_run_reuses_cached_features(tiny_suite):
     _, frame = tiny_suite
     method = create_method("knn", **KNN)
