@@ -4,6 +4,7 @@ Thin by design: every command parses its options and calls one library function.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,32 @@ PROTOCOL = typer.Option("label-free", help="label-free (abnormal references of a
                                            "type-matched (NAGL's: of the query's defect type)")
 METRIC = typer.Option("image_auroc", help="metric of the printed table")
 QUIET = typer.Option(False, help="no progress bars")
+
+# A smoke run checks that a command works end to end, at the real image sizes, levels and backbones, in a minute
+# on a CPU, before a long run on a GPU: GADLIB_SMOKE=1 cuts training to SMOKE_TRAINING and every dataset to at most
+# SMOKE_MAX_PER_GROUP images per (category, split, label) -- enough normal references for k = 8. Its numbers
+# mean nothing, and it says so. The tests run every command of the README and docs/ this way.
+SMOKE_ENV = "GADLIB_SMOKE"
+SMOKE_TRAINING = {"epochs": 1, "steps_per_epoch": 1}
+SMOKE_MAX_PER_GROUP = 8
+
+
+def _smoke() -> bool:
+    if os.environ.get(SMOKE_ENV, "") in ("", "0"):
+        return False
+    typer.secho(f"{SMOKE_ENV} is set: a smoke run (training cut to {SMOKE_TRAINING}, at most {SMOKE_MAX_PER_GROUP} "
+                "images per category, split and label); its numbers mean nothing", fg="yellow", err=True)
+    return True
+
+
+def _smoke_training(method: str, params: dict) -> dict:
+    """``params`` with the smoke run's training length, for the hyper-parameters ``method`` has."""
+    import inspect
+
+    from gadlib.methods.base import method_class
+
+    accepted = inspect.signature(method_class(method).__init__).parameters
+    return dict(params, **{k: v for k, v in SMOKE_TRAINING.items() if k in accepted})
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -83,7 +110,8 @@ def evaluate(
     try:
         result = run_evaluation(dataset, method, _ints(shots, "--shots"), _ints(seeds, "--seeds"), out,
                                 method_params=params, checkpoint=checkpoint, abnormal_shots=abnormal_shots,
-                                abnormal_source=abnormal_source, protocol=protocol, progress=not quiet)
+                                abnormal_source=abnormal_source, protocol=protocol, progress=not quiet,
+                                max_per_group=SMOKE_MAX_PER_GROUP if _smoke() else None)
     except (ValueError, FileNotFoundError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2)
@@ -127,6 +155,8 @@ def train(
     specs = [s.strip() for s in source.split(",") if s.strip()]
     categories = [c.strip() for c in source_categories.split(",") if c.strip()] if source_categories else None
     try:
+        if _smoke():
+            params = _smoke_training(method, params)
         model, cached = train_or_load(method, specs, categories, params, progress=not quiet, out=out)
     except (ValueError, FileNotFoundError, TypeError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
@@ -255,11 +285,12 @@ def grid(
             raise typer.Exit(2)
     params = _key_values(method_param, "--method-param")
     targets = {d.strip(): None for d in datasets.split(",") if d.strip()}
+    smoke = dict(max_per_group=SMOKE_MAX_PER_GROUP) if _smoke() else {}
     cells = []
     for name in names:             # one make_grid per method: each has its own checkpoint
         cells += make_grid({name: (name, params)}, targets,
                            _ints(seeds, "--seeds"), _ints(shots, "--shots"), abnormal_shots=abnormal_shots,
-                           abnormal_source=abnormal_source, protocol=protocol, checkpoint=saved.get(name))
+                           abnormal_source=abnormal_source, protocol=protocol, checkpoint=saved.get(name), **smoke)
     typer.echo(f"{len(cells)} cells, {len(pending(cells, out))} to run")
     try:
         tidy = run_grid(cells, out, workers=workers, scheduler=scheduler, progress=not quiet)
@@ -340,6 +371,17 @@ def headline(
         raise typer.Exit(2)
     out = out or results / "headline.md"
     out.write_text(headline_markdown(table))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def reproduction(
+    out: Path = typer.Option(Path("docs/reproduce.md"), help="Markdown page to write"),
+) -> None:
+    """The page that says how to reproduce each published figure: paper, commands, differences, status."""
+    from gadlib.reproduce import reproduction_page
+
+    out.write_text(reproduction_page())
     typer.echo(f"wrote {out}")
 
 

@@ -9,6 +9,9 @@ import pandas as pd
 _NAGL = ("NAGL (NeurIPS 2025), DINOv2 ViT-S/14 at 448 px, one abnormal reference of the query's defect type "
          "(type-matched protocol)")
 
+_RESAD = ("Yao et al., ResAD: A Simple Framework for Class Generalizable Anomaly Detection, NeurIPS 2024, Table 1, "
+          "WideResNet50-2 layers 1-3 at 224 px")
+
 # (method, dataset, metric) -> {"source": ..., "values": {shots: value}}
 PUBLISHED: dict[tuple[str, str, str], dict] = {
     ("InCTRL", "elpv", "image_auroc"): {
@@ -22,6 +25,10 @@ PUBLISHED: dict[tuple[str, str, str], dict] = {
     ("NAGL", "visa", "pixel_auroc"): {"source": _NAGL + ", N^k + A^1, VisA", "values": {1: 0.975, 4: 0.978}},
     ("NAGL", "brats", "image_auroc"): {"source": _NAGL + ", N^k + A^1, BraTS", "values": {4: 0.849}},
     ("NAGL", "brats", "pixel_auroc"): {"source": _NAGL + ", N^k + A^1, BraTS", "values": {4: 0.971}},
+    ("ResAD", "mvtec_ad", "image_auroc"): {"source": _RESAD + ", trained on VisA, MVTec AD", "values": {2: 0.856, 4: 0.905}},
+    ("ResAD", "mvtec_ad", "pixel_auroc"): {"source": _RESAD + ", trained on VisA, MVTec AD", "values": {2: 0.941, 4: 0.957}},
+    ("ResAD", "visa", "image_auroc"): {"source": _RESAD + ", trained on MVTec AD, VisA", "values": {2: 0.799, 4: 0.862}},
+    ("ResAD", "visa", "pixel_auroc"): {"source": _RESAD + ", trained on MVTec AD, VisA", "values": {2: 0.964, 4: 0.974}},
 }
 
 

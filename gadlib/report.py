@@ -50,6 +50,7 @@ COURSE: tuple[Page, ...] = (
     Page("three_gaps", "Three gaps and VOD", "docs/three_gaps.md", "results/embedded/three_gaps/30_three_gaps.ipynb"),
     Page("scaling", "Scaling: source or method?", "docs/scaling.md", "results/embedded/scaling/40_scaling.ipynb"),
     Page("methods", "The methods as implemented", "docs/methods.md"),
+    Page("reproduce", "Reproducing the papers", "docs/reproduce.md"),
     Page("engine", "Engine, speed and scale", "docs/engine.md"),
 )
 FRONT = Page("index", "gadlib", "README.md")
