@@ -5,6 +5,7 @@ Thin by design: every command parses its options and calls one library function.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -23,12 +24,13 @@ PROTOCOL = typer.Option("label-free", help="label-free (abnormal references of a
 METRIC = typer.Option("image_auroc", help="metric of the printed table")
 QUIET = typer.Option(False, help="no progress bars")
 
-# A smoke run checks that a command works end to end, at the real image sizes, levels and backbones, in a minute
-# on a CPU, before a long run on a GPU: GADLIB_SMOKE=1 cuts training to SMOKE_TRAINING and every dataset to at most
-# SMOKE_MAX_PER_GROUP images per (category, split, label) -- enough normal references for k = 8. Its numbers
-# mean nothing, and it says so. The tests run every command of the README and docs/ this way.
+# A smoke run checks that a command works end to end, at the real image sizes, levels and backbones, in minutes
+# on a CPU, before a long run on a GPU: GADLIB_SMOKE=1 cuts training to SMOKE_TRAINING (one step, two anomalies
+# simulated per source category) and every dataset to at most SMOKE_MAX_PER_GROUP images per (category, split,
+# label) -- enough normal references for k = 8. Its numbers mean nothing, and it says so. The tests run every
+# command of the README and docs/ this way.
 SMOKE_ENV = "GADLIB_SMOKE"
-SMOKE_TRAINING = {"epochs": 1, "steps_per_epoch": 1}
+SMOKE_TRAINING = {"epochs": 1, "steps_per_epoch": 1, "simulated_per_category": 2}
 SMOKE_MAX_PER_GROUP = 8
 
 
@@ -60,8 +62,14 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _key_values(items: list[str], option: str) -> dict:
-    """``["a=1", "b=[1, 2]"]`` -> ``{"a": 1, "b": [1, 2]}`` (values parsed as YAML)."""
+    """``["a=1", "b=[1, 2]", "lr=1e-5"]`` -> ``{"a": 1, "b": [1, 2], "lr": 1e-05}`` (values parsed as YAML).
+
+    YAML 1.1 reads ``1e-5`` (no dot) as a string; a value that is a number to Python is a number here.
+    """
     import yaml
 
     params = {}
@@ -69,7 +77,8 @@ def _key_values(items: list[str], option: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{option} takes KEY=VALUE, got '{item}'")
-        params[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        params[key] = float(parsed) if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()) else parsed
     return params
 
 

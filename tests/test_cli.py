@@ -179,3 +179,13 @@ def test_grid_refuses_unknown_and_untrained_methods(tmp_path):
                                   f"resad={tmp_path / 'none'}", "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "METHOD=PATH" in missing.output
     assert not (tmp_path / "cells").exists()
+
+
+def test_method_params_read_numbers_as_python_does():
+    # YAML 1.1 reads 1e-5 as a string: the papers' `-m lr=1e-5` reached AdamW as "1e-5" and training failed
+    # ("'<=' not supported between float and str"), found by running the documented commands
+    from gadlib.cli import _key_values
+
+    params = _key_values(["lr=1e-5", "a=1", "b=2.5E+3", "c=-.5", "levels=[1, 2, 3]", "name=1e-5x", "d=null"], "-m")
+    assert params == {"lr": 1e-5, "a": 1, "b": 2500.0, "c": -0.5, "levels": [1, 2, 3], "name": "1e-5x", "d": None}
+    assert isinstance(params["a"], int) and isinstance(params["lr"], float)

@@ -30,8 +30,17 @@ def test_text_prior_scores_images_as_probabilities(clip_weights, tiny_suite):
 
     _, frame = tiny_suite
     paths = frame["image_path"].head(5).tolist()
-    scores = TextPrior("gadlib-tiny-clip", clip_weights).score_paths(paths)
+    prior = TextPrior("gadlib-tiny-clip", clip_weights)
+    scores = prior.score_paths(paths)
     assert scores.shape == (5,) and ((scores > 0) & (scores < 1)).all()
+    # each file is encoded once: asked again, in another order and with repeats, the same numbers come back
+    calls = []
+    encode = prior.model.encode_image
+    prior.model.encode_image = lambda images: calls.append(len(images)) or encode(images)
+    again = prior.score_paths(paths[::-1] + paths[:1])
+    assert calls == [] and torch.equal(again, torch.cat([scores.flip(0), scores[:1]]))
+    fresh = TextPrior("gadlib-tiny-clip", clip_weights).score_paths(paths[2:4])
+    assert torch.allclose(fresh, scores[2:4], atol=1e-6)
 
 
 def test_inctrl_with_the_text_prior_trains_scores_and_names_itself(clip_weights, tiny_suite):
