@@ -26,11 +26,11 @@ QUIET = typer.Option(False, help="no progress bars")
 
 # A smoke run checks that a command works end to end, at the real image sizes, levels and backbones, in minutes
 # on a CPU, before a long run on a GPU: GADLIB_SMOKE=1 cuts training to SMOKE_TRAINING (one step, two anomalies
-# simulated per source category) and every dataset to at most SMOKE_MAX_PER_GROUP images per (category, split,
-# label) -- enough normal references for k = 8. Its numbers mean nothing, and it says so. The tests run every
-# command of the README and docs/ this way.
+# simulated per source category, one episode for the score statistics) and every dataset to at most
+# SMOKE_MAX_PER_GROUP images per (category, split, label) -- enough normal references for k = 8. Its numbers
+# mean nothing, and it says so. The tests run every command of the README and docs/ this way.
 SMOKE_ENV = "GADLIB_SMOKE"
-SMOKE_TRAINING = {"epochs": 1, "steps_per_epoch": 1, "simulated_per_category": 2}
+SMOKE_TRAINING = {"epochs": 1, "steps_per_epoch": 1, "simulated_per_category": 2, "statistics_episodes": 1}
 SMOKE_MAX_PER_GROUP = 8
 
 

@@ -93,6 +93,7 @@ class InCTRL(BackboneFeatures, Method):
         lr, weight_decay: AdamW (paper: 1e-3).
         focal_gamma: focal-loss focusing parameter.
         simulated_per_category: anomalies simulated on each source category's normal images.
+        statistics_episodes: source episodes that fix the score normalisation after training.
         faithful_double_sigmoid, faithful_reshape: the public code's bugs, as named switches.
         score: the image score: ``"final"`` (default), or one term for the ablation: ``"patch"`` (``s_p``),
             ``"image"`` (``s_i``), ``"holistic"`` (``s_h``). Scoring only: one trained model serves all.
@@ -119,7 +120,8 @@ class InCTRL(BackboneFeatures, Method):
                  hidden: int = 128, text_weights: str | None = None, clip_model: str = "ViT-B-16-plus-240",
                  sigma: float = 4.0, epochs: int = 10, steps_per_epoch: int = 100, batch_size: int = 16,
                  train_shots: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4, focal_gamma: float = 2.0,
-                 simulated_per_category: int = 30, faithful_double_sigmoid: bool = False,
+                 simulated_per_category: int = 30, statistics_episodes: int = 20,
+                 faithful_double_sigmoid: bool = False,
                  faithful_reshape: bool = False, score: str = "final", combination: str = "mean",
                  vod_channel: str = "none", search: str = "exact", seed: int = 0,
                  query_batch: int = 32,
@@ -141,6 +143,7 @@ class InCTRL(BackboneFeatures, Method):
         self.weight_decay = weight_decay
         self.focal_gamma = focal_gamma
         self.simulated_per_category = simulated_per_category
+        self.statistics_episodes = statistics_episodes
         self.faithful_double_sigmoid = faithful_double_sigmoid
         self.faithful_reshape = faithful_reshape
         self.score = score
@@ -256,7 +259,7 @@ class InCTRL(BackboneFeatures, Method):
 
         history = optimise(step, optimizer, self.epochs, self.steps_per_epoch, "inctrl training", self.progress)
         self.heads_.eval()
-        self.source_stats_ = self._source_stats(tokens, embeddings, paths, pool, rng)
+        self.source_stats_ = self._source_stats(tokens, embeddings, paths, pool, rng, self.statistics_episodes)
         self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started, variant=self.variant)
         return self
 

@@ -69,6 +69,7 @@ class ResAD(BackboneFeatures, Method):
         abnormal_threshold: a feature cell is abnormal when its mask covers at least this fraction;
             cells touched by a mask but below it are left out of the losses.
         simulated_per_category: anomalies simulated on each source category's normal images.
+        statistics_episodes: source episodes that fix the score normalisation after training.
         max_flow_positions: positions per level per step fed to the flow (bounds CPU cost).
         vod_channel: VOD reading (A) on every level's features before matching (``"none"``, ``"ranks"``,
             ``"gaussian"``); vod_position: reading (B) on the residuals before the constraintor
@@ -95,7 +96,8 @@ class ResAD(BackboneFeatures, Method):
                  reduction: str = "max", epochs: int = 5, steps_per_epoch: int = 50, batch_size: int = 16,
                  train_shots: int = 4, lr: float = 5e-4, weight_decay: float = 5e-4,
                  anomaly_fraction: float = 0.5, abnormal_threshold: float = 0.25,
-                 simulated_per_category: int = 30, max_flow_positions: int = 4096, vod_channel: str = "none",
+                 simulated_per_category: int = 30, statistics_episodes: int = 20,
+                 max_flow_positions: int = 4096, vod_channel: str = "none",
                  vod_position: str = "none", search: str = "exact", seed: int = 0,
                  query_batch: int = 32, fusion: str = "none", cache_dir: str | None = None, device: str | None = None,
                  progress: bool = True):
@@ -126,6 +128,7 @@ class ResAD(BackboneFeatures, Method):
         self.anomaly_fraction = anomaly_fraction
         self.abnormal_threshold = abnormal_threshold
         self.simulated_per_category = simulated_per_category
+        self.statistics_episodes = statistics_episodes
         self.max_flow_positions = max_flow_positions
         self.vod_channel = vod_channel
         self.vod_position = vod_position
@@ -250,7 +253,7 @@ class ResAD(BackboneFeatures, Method):
         history = optimise(step, optimizer, self.epochs, self.steps_per_epoch, "resad training", self.progress, scheduler)
         self.constraintors_.eval()
         self.flows_.eval()
-        self.source_logp_max_ = self._source_constants(levels, pool, rng)
+        self.source_logp_max_ = self._source_constants(levels, pool, rng, self.statistics_episodes)
         self.fit_record_ = fit_record(history, cache, pool, time.perf_counter() - started)
         return self
 
