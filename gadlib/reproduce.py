@@ -81,6 +81,18 @@ _INCTRL_DIFF = ("one model for every k (the paper trains one per k); losses on p
                 "reshapes (the code's double sigmoid and query-mixing reshape are `faithful_double_sigmoid`, "
                 "`faithful_reshape`, off); the last epoch is the model (the code's was picked by hand)")
 
+def _nagl(dataset: str, table: str, source: tuple[str, str], target: tuple[str, str], shots: str, data: str,
+          note: str = "") -> Reproduction:
+    """NAGL's reproductions differ only in source, target, k and the data needed: train on ``source``, score
+    ``target`` with one type-matched abnormal reference. ``source`` / ``target``: (dataset spec, short name)."""
+    checkpoint = f"checkpoints/nagl_{source[1]}"
+    return Reproduction("NAGL", dataset, f"NAGL, NeurIPS 2025, {table}",
+                        (_train("nagl", source[0], NAGL_BACKBONE, checkpoint),
+                         _evaluate(target[0], checkpoint, shots, f"runs/{target[1]}_nagl",
+                                   "--abnormal-shots 1 --protocol type-matched")),
+                        _NAGL_DIFF + note, NOT_RUN.format(data=data + ", DINOv2 ViT-S/14 weights"))
+
+
 REPRODUCTIONS: tuple[Reproduction, ...] = (
     Reproduction(
         "InCTRL", "elpv", "Zhu & Pang, CVPR 2024, Table 1 (ELPV column)",
@@ -88,25 +100,12 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
          _evaluate("elpv", "checkpoints/inctrl_mvtec", "2,4,8", "runs/elpv_inctrl")),
         _INCTRL_DIFF + "; ELPV split as InCTRL's `convert_elpv.py` (the same 377 normal test cells)",
         NOT_RUN.format(data="MVTec AD, CLIP ViT-B/16+ weights (open_clip)")),
-    Reproduction(
-        "NAGL", "mvtec_ad", "NAGL, NeurIPS 2025, main table (N^k + A^1, trained on VisA)",
-        (_train("nagl", VISA, NAGL_BACKBONE, "checkpoints/nagl_visa"),
-         _evaluate(MVTEC, "checkpoints/nagl_visa", "1,4", "runs/mvtec_nagl",
-                   "--abnormal-shots 1 --protocol type-matched")),
-        _NAGL_DIFF, NOT_RUN.format(data="MVTec AD, VisA, DINOv2 ViT-S/14 weights")),
-    Reproduction(
-        "NAGL", "visa", "NAGL, NeurIPS 2025, main table (N^k + A^1, trained on MVTec AD)",
-        (_train("nagl", MVTEC, NAGL_BACKBONE, "checkpoints/nagl_mvtec"),
-         _evaluate(VISA, "checkpoints/nagl_mvtec", "1,4", "runs/visa_nagl",
-                   "--abnormal-shots 1 --protocol type-matched")),
-        _NAGL_DIFF, NOT_RUN.format(data="MVTec AD, VisA, DINOv2 ViT-S/14 weights")),
-    Reproduction(
-        "NAGL", "brats", "NAGL, NeurIPS 2025, medical table (N^4 + A^1, trained on MVTec AD)",
-        (_train("nagl", MVTEC, NAGL_BACKBONE, "checkpoints/nagl_mvtec"),
-         _evaluate(BRATS, "checkpoints/nagl_mvtec", "4", "runs/brats_nagl",
-                   "--abnormal-shots 1 --protocol type-matched")),
-        _NAGL_DIFF + "; BraTS as BMAD's slices (`brats_bmad`)",
-        NOT_RUN.format(data="MVTec AD, BMAD's BraTS, DINOv2 ViT-S/14 weights")),
+    _nagl("mvtec_ad", "main table (N^k + A^1, trained on VisA)", (VISA, "visa"), (MVTEC, "mvtec"), "1,4",
+          "MVTec AD, VisA"),
+    _nagl("visa", "main table (N^k + A^1, trained on MVTec AD)", (MVTEC, "mvtec"), (VISA, "visa"), "1,4",
+          "MVTec AD, VisA"),
+    _nagl("brats", "medical table (N^4 + A^1, trained on MVTec AD)", (MVTEC, "mvtec"), (BRATS, "brats"), "4",
+          "MVTec AD, BMAD's BraTS", "; BraTS as BMAD's slices (`brats_bmad`)"),
     Reproduction(
         "ResAD", "mvtec_ad", "Yao et al., NeurIPS 2024, Table 1 (trained on VisA)",
         (_train("resad", VISA, RESAD_BACKBONE, "checkpoints/resad_visa"),

@@ -234,9 +234,9 @@ def command_chains(argvs: list[list[str]]) -> list[list[int]]:
     """Indices of ``argvs`` grouped into chains that must run in order: a command joins the chain of every earlier
     command whose output it reads or writes again; chains are independent of each other."""
     chain_of, chains = {}, []
-    for index, argv in enumerate(argvs):
-        read, written = _paths_read_and_written(argv)
-        joined = sorted({chain_of[j] for j in range(index) if (_paths_read_and_written(argvs[j])[1] & (read | written))})
+    paths = [_paths_read_and_written(argv) for argv in argvs]
+    for index, (read, written) in enumerate(paths):
+        joined = sorted({chain_of[j] for j in range(index) if paths[j][1] & (read | written)})
         if not joined:
             chains.append([index])
             chain_of[index] = len(chains) - 1
