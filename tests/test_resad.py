@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,30 @@ def gap_suite(tmp_path_factory):
 
 SMALL = dict(image_size=96, epochs=2, steps_per_epoch=15, batch_size=8, train_shots=2, flow_blocks=4,
              position_dim=16, simulated_per_category=6, progress=False)
+
+
+def test_simulated_source_anomalies_are_made_once_and_remade_the_same(gap_suite, tmp_path, monkeypatch):
+    from gadlib import training
+
+    monkeypatch.setenv("GADLIB_CACHE", str(tmp_path / "cache"))
+    source = gap_suite[gap_suite["category"] != "leather"]
+    first, dropped = training.pool_frame(source, 5, seed=2)
+    assert dropped == 0 and (first["split"] == "simulated").sum() == 2 * 5
+    made = {p: Path(p).read_bytes() for p in first.loc[first["split"] == "simulated", "image_path"]}
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated again although every file was there")
+
+    import gadlib.data.simulate as simulate_module
+
+    monkeypatch.setattr(simulate_module, "simulate", no_simulation)
+    pd.testing.assert_frame_equal(training.pool_frame(source, 5, seed=2)[0], first)    # read, not made
+    monkeypatch.undo()
+    monkeypatch.setenv("GADLIB_CACHE", str(tmp_path / "cache"))
+    lost = sorted(made)[-1]                # one anomaly lost: its category is made again, the same bytes
+    Path(lost).unlink()
+    pd.testing.assert_frame_equal(training.pool_frame(source, 5, seed=2)[0], first)
+    assert {p: Path(p).read_bytes() for p in made} == made
 
 
 def test_source_pool_episodes_never_query_a_reference(gap_suite):

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy import ndimage
@@ -151,6 +152,23 @@ def test_suite_is_byte_identical_for_same_seed_and_differs_otherwise(tmp_path):
     a, b, c = (_files(tmp_path / name) for name in "abc")
     assert a == b
     assert a.keys() == c.keys() and all(a[k] != c[k] for k in a if not k.endswith("_mask.png"))
+
+
+def test_a_suite_made_on_the_worker_pool_is_the_same_files_and_table(tmp_path, monkeypatch):
+    from gadlib import parallel
+
+    args = dict(categories=["screw", "woven_fabric", "pcb"], defects=["hole", "stain"], seed=7, **SMALL)
+    monkeypatch.setenv(parallel.WORKERS_ENV, "1")
+    alone = generate_suite(tmp_path / "alone", **args)
+    monkeypatch.setenv(parallel.WORKERS_ENV, "2")
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    pooled = generate_suite(tmp_path / "pooled", **args)
+    assert _files(tmp_path / "alone") == _files(tmp_path / "pooled")
+    relative = [frame.assign(image_path=[str(Path(p).relative_to(root)) for p in frame["image_path"]])
+                .drop(columns="mask_path") for frame, root in ((alone, tmp_path / "alone"), (pooled, tmp_path / "pooled"))]
+    pd.testing.assert_frame_equal(*relative)
+    assert parallel._POOLS        # it did run on the pool
+    parallel.shutdown()
 
 
 def test_splits_are_independent(tmp_path):

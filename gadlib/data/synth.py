@@ -15,6 +15,7 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -345,24 +346,9 @@ def generate_suite(
             return _frame(root, previous["rows"])
     (root / MANIFEST).unlink(missing_ok=True)  # no stale "complete" marker while we rewrite
 
-    rows = []
-    for category in categories:
-        plan = [("train", "good", n_train), ("test", "good", n_test_normal)]
-        plan += [("test", defect, n_test_per_defect) for defect in defects]
-        for split, defect, count in plan:
-            for index in range(count):
-                key = _key(category, split, defect, index)
-                rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-                image, foreground = _render(category, args["size"], rng)
-                row = {"image_path": f"{category}/{split}/{defect}/{index:03d}.png", "mask_path": None,
-                       "label": int(defect != "good"), "defect": defect, "category": category,
-                       "domain": args["domain"], "split": split}
-                if defect != "good":
-                    image, mask = apply_defect(image, defect, rng, category, foreground)
-                    row["mask_path"] = f"{category}/ground_truth/{defect}/{index:03d}_mask.png"
-                    _save_png(root / row["mask_path"], mask * 255)
-                _save_png(root / row["image_path"], image)
-                rows.append(row)
+    numbers = (n_train, n_test_normal, n_test_per_defect)
+    rows = [row for part in _each_category(_render_category, [(root, category, defects, numbers, args)
+                                                             for category in categories]) for row in part]
     if previous is not None:  # files of an earlier, different suite would confuse folder parsers
         for stale in set(_files(previous["rows"])) - set(_files(rows)):
             (root / stale).unlink(missing_ok=True)
@@ -370,6 +356,42 @@ def generate_suite(
     scratch.write_text(json.dumps({"args": args, "rows": rows}, indent=1))
     os.replace(scratch, root / MANIFEST)
     return _frame(root, rows)
+
+
+def _render_category(root: Path, category: str, defects: Sequence[str], numbers: tuple[int, int, int],
+                     args: dict) -> list[dict]:
+    """Write one category's images and masks; return their rows (see :func:`generate_suite`)."""
+    n_train, n_test_normal, n_test_per_defect = numbers
+    plan = [("train", "good", n_train), ("test", "good", n_test_normal)]
+    plan += [("test", defect, n_test_per_defect) for defect in defects]
+    rows = []
+    for split, defect, count in plan:
+        for index in range(count):
+            key = _key(category, split, defect, index)
+            rng = np.random.default_rng(np.random.SeedSequence(args["seed"], spawn_key=key))
+            image, foreground = _render(category, args["size"], rng)
+            row = {"image_path": f"{category}/{split}/{defect}/{index:03d}.png", "mask_path": None,
+                   "label": int(defect != "good"), "defect": defect, "category": category,
+                   "domain": args["domain"], "split": split}
+            if defect != "good":
+                image, mask = apply_defect(image, defect, rng, category, foreground)
+                row["mask_path"] = f"{category}/ground_truth/{defect}/{index:03d}_mask.png"
+                _save_png(root / row["mask_path"], mask * 255)
+            _save_png(root / row["image_path"], image)
+            rows.append(row)
+    return rows
+
+
+def _each_category(function, calls: list[tuple]) -> list:
+    """``function(*call)`` for every call, in order; on the study's worker pool when there is one
+    (:func:`gadlib.parallel.layout`): every image is determined by its own seed, so the files are the same."""
+    from gadlib.parallel import layout, pool, submit
+
+    workers, threads = layout()
+    if workers < 2 or len(calls) < 2:
+        return [function(*call) for call in calls]
+    executor = pool(workers, threads)
+    return [future.result() for future in [submit(executor, function, *call) for call in calls]]
 
 
 def _key(*parts: str | int) -> tuple[int, ...]:

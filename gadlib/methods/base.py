@@ -58,6 +58,10 @@ class Method:
     # False for methods that never look at abnormal references: their result store cells are shared by
     # episodes that differ only in those (e.g. m = 0 and m = 1 simulated references).
     reads_abnormal_references: bool = True
+    # Seconds one default training takes on one core, for scheduling only: a pool of trainings starts the longest
+    # first, so that its last tasks are short (:func:`gadlib.training.train_all`). Measured in the study
+    # (``results/embedded/*/training.csv``); 0 for a method that trains nothing.
+    training_seconds: float = 0.0
 
     def get_params(self) -> dict:
         """Hyper-parameters as given to ``__init__`` (scikit-learn style)."""

@@ -113,6 +113,7 @@ class InCTRL(BackboneFeatures, Method):
     """
 
     scoring_params = ("fusion", "sigma", "score", "combination", "search", "query_batch", "cache_dir")
+    training_seconds = 35.0
     reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,

@@ -112,6 +112,7 @@ class NAGL(BackboneFeatures, Method):
     """
 
     scoring_params = ("fusion", "mode", "sigma", "reduction", "search", "query_batch", "cache_dir")
+    training_seconds = 75.0
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",

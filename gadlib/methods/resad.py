@@ -85,6 +85,7 @@ class ResAD(BackboneFeatures, Method):
     """
 
     scoring_params = ("fusion", "normalization", "sigma", "reduction", "search", "query_batch", "cache_dir")
+    training_seconds = 150.0
     reads_abnormal_references = False
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,

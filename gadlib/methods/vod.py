@@ -101,6 +101,7 @@ class VOD(BackboneFeatures, Method):
 
     scoring_params = ("fusion", "scoring", "synthetic_references", "sigma", "reduction", "search", "query_batch",
                       "cache_dir")
+    training_seconds = 25.0
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, levels: Sequence[int] | None = None,
                  image_size: int = 224, backbone_weights: str | None = None, grid: str | int = "coarsest",
