@@ -319,6 +319,30 @@ def test_train_all_in_a_pool_gives_the_models_trained_one_after_another(suite, t
     assert torch.get_num_threads() == threads_before                       # the process's own count restored
 
 
+def test_train_all_starts_the_longest_trainings_first(tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    from gadlib import parallel, training
+
+    monkeypatch.setenv("GADLIB_CACHE", str(tmp_path / "cache"))
+    submitted = []
+
+    def submit(executor, function, job):
+        submitted.append(job["method"])
+        done = Future()
+        done.set_result(None)
+        return done
+
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "pool", lambda workers, threads: None)
+    monkeypatch.setattr(parallel, "submit", submit)
+    monkeypatch.setattr(training, "_prepare_sources", lambda jobs, workers, threads: None)
+    monkeypatch.setattr(training, "train_or_load", lambda **job: (job["method"], None))
+    jobs = [dict(method=name, source="synth", params=dict(image_size=64)) for name in ("vod", "inctrl", "resad", "nagl")]
+    assert [m for m, _ in training.train_all(jobs, progress=False, workers=2)] == ["vod", "inctrl", "resad", "nagl"]
+    assert submitted == ["resad", "nagl", "inctrl", "vod"]       # Method.training_seconds, longest first
+
+
 def test_result_rows_name_the_configuration_not_only_the_method(suite, tmp_path):
     assert create_method("resad", progress=False, query_batch=4).config_label() == "resad"   # speed: not named
     assert create_method("resad", residual="none", constraintor=False).config_label() == \
