@@ -79,3 +79,26 @@ def test_vod_errors_name_the_problem():
         position_vod(torch.zeros(2, 6), "rank")
     with pytest.raises(ValueError, match="differ in length"):
         recombine(torch.zeros(3), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(500, 152), (7, 4, 9), (3, 2)])
+def test_sorted_descending_is_torch_sort_values_and_passes_gradients_alike(shape):
+    from gadlib.kernels.vod import sorted_descending
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator)
+    x[0, ..., :2] = 0.5                                   # a tie
+    assert torch.equal(sorted_descending(x), torch.sort(x, dim=-1, descending=True).values)
+    assert torch.equal(sorted_descending(x.double()), torch.sort(x.double(), dim=-1, descending=True).values)
+    with_nan = x.clone()
+    with_nan[-1, ..., -1] = float("nan")                  # torch puts NaN first in a descending sort
+    torch.testing.assert_close(sorted_descending(with_nan), torch.sort(with_nan, dim=-1, descending=True).values,
+                               rtol=0, atol=0, equal_nan=True)
+    weights = torch.randn(*shape, generator=generator)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (sorted_descending(ours) * weights).sum().backward()
+    (torch.sort(theirs, dim=-1, descending=True).values * weights).sum().backward()
+    untied = torch.ones_like(x, dtype=torch.bool)
+    untied[0] = False                                      # a tie may route its gradient to either twin
+    assert torch.equal(ours.grad[untied], theirs.grad[untied])
+    assert torch.equal(ours.grad[0].sum(-1), theirs.grad[0].sum(-1))
