@@ -1,6 +1,8 @@
 """Tests of the pure tensor kernels (gadlib.kernels: patches, residual, scoring)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -363,6 +365,21 @@ def test_topk_mean_and_image_score_known_answers():
     torch.testing.assert_close(image_score(big, "top1%"), torch.tensor([(399 + 398 + 397 + 396) / 4]))
     with pytest.raises(ValueError, match="reduction"):
         image_score(maps, "mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_mean_is_bit_for_bit_the_mean_of_torch_topk(dtype):
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 96, 96, generator=generator), 5, 1, 2)[:, 0].to(dtype)
+    maps[0, :3, :3] = maps[0].max()                          # ties at the top
+    maps[1, 5, 5] = float("nan")                             # NaN ranks highest, as in torch.topk
+    for fraction in (0.01, 0.1, 1.0):
+        k = max(1, math.ceil(fraction * 96 * 96))
+        expected = maps.flatten(1).topk(k, dim=1).values.mean(1)
+        torch.testing.assert_close(topk_mean(maps, fraction), expected, rtol=0, atol=0, equal_nan=True)
+    grad = maps.clone().requires_grad_()                      # training keeps torch's path, with gradients
+    topk_mean(grad[2:], 0.01).sum().backward()
+    assert grad.grad[2:].sum().item() == pytest.approx(4.0)
 
 
 def test_nearest_per_group_rejects_mismatched_widths():

@@ -81,7 +81,7 @@ def test_vod_errors_name_the_problem():
         recombine(torch.zeros(3), torch.zeros(4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("shape", [(500, 152), (7, 4, 9), (3, 2)])
+@pytest.mark.parametrize("shape", [(500, 152), (7, 4, 9), (3, 2), (4, 1)])
 def test_sorted_descending_is_torch_sort_values_and_passes_gradients_alike(shape):
     from gadlib.kernels.vod import sorted_descending
 

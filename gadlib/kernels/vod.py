@@ -127,10 +127,10 @@ def sorted_descending(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
         return torch.sort(x, dim=-1, descending=True).values
     if x.requires_grad:
-        order = np.ascontiguousarray(np.argsort(x.detach().numpy(), axis=-1)[..., ::-1])
+        order = np.argsort(x.detach().numpy(), axis=-1)[..., ::-1].copy()
         return torch.gather(x, -1, torch.from_numpy(order))
     # ascending then reversed: NaN first, as torch's descending sort puts it
-    return torch.from_numpy(np.ascontiguousarray(np.sort(x.contiguous().numpy(), axis=-1)[..., ::-1]))
+    return torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1)[..., ::-1].copy())
 
 
 # -- the readings on the shapes the methods use ------------------------------------------------------
