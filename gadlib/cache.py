@@ -116,7 +116,7 @@ class FeatureCache:
         """
         paths = [str(p) for p in paths]
         digests = [image_digest(p) for p in paths]
-        todo = {d: p for p, d in zip(paths, digests) if not self._entry(d).exists()}
+        todo = self._todo(paths, digests)
         self.misses += len(todo)
         if todo:
             started = time.perf_counter()
@@ -126,12 +126,16 @@ class FeatureCache:
 
     def missing(self, paths: Sequence[str]) -> list[str]:
         """The paths whose features are not cached yet, one per distinct image (by content), in order."""
+        paths = [str(p) for p in paths]
+        return list(self._todo(paths, [image_digest(p) for p in paths]).values())
+
+    def _todo(self, paths: list[str], digests: list[str]) -> dict[str, str]:
+        """Digest -> first path, of the images not cached yet, in order."""
         todo: dict[str, str] = {}
-        for path in paths:
-            digest = image_digest(path)
+        for path, digest in zip(paths, digests):
             if digest not in todo and not self._entry(digest).exists():
-                todo[digest] = str(path)
-        return list(todo.values())
+                todo[digest] = path
+        return todo
 
     def get(self, paths: Sequence[str]) -> list[torch.Tensor]:
         """Features of ``paths`` as one ``(N, C_l, h_l, w_l)`` float32 tensor per level (on the CPU)."""
@@ -167,9 +171,9 @@ def ensure_on_pool(requests: Sequence[tuple[FeatureCache, Sequence[str]]], worke
     per second than two threads on one batch (Lite0 on this CPU: 46 ms an image on one thread, 32 on two).
     Without a pool, or for a cache not made by :func:`shared_cache`, this process extracts them.
     """
-    from gadlib.parallel import layout, pool, submit
+    from gadlib.parallel import layout, starmap
 
-    n_workers, threads = layout(workers)
+    n_workers, _ = layout(workers)
     jobs = []
     for cache, paths in requests:
         todo = cache.missing(paths)
@@ -177,10 +181,7 @@ def ensure_on_pool(requests: Sequence[tuple[FeatureCache, Sequence[str]]], worke
             cache.ensure(todo)
         else:
             jobs += [(cache.spec, todo[i::n_workers]) for i in range(n_workers)]
-    if jobs:
-        executor = pool(n_workers, threads)
-        for future in [submit(executor, _ensure_remote, spec, share) for spec, share in jobs]:
-            future.result()
+    starmap(_ensure_remote, jobs, workers)
 
 
 def _ensure_remote(spec: tuple, paths: list[str]) -> None:

@@ -79,6 +79,17 @@ def submit(executor: ProcessPoolExecutor, function, *args):
     return executor.submit(_in_cache, str(default_cache_dir()), function, *args)
 
 
+def starmap(function, calls, workers: int | None = None) -> list:
+    """``[function(*call) for call in calls]``, on the pool when :func:`layout` gives it two or more workers and
+    there are two or more calls (``function`` must then be picklable: a module-level function), else here."""
+    calls = list(calls)
+    n_workers, threads = layout(workers)
+    if n_workers < 2 or len(calls) < 2:
+        return [function(*call) for call in calls]
+    executor = pool(n_workers, threads)
+    return [future.result() for future in [submit(executor, function, *call) for call in calls]]
+
+
 def _in_cache(root: str, function, *args):
     os.environ["GADLIB_CACHE"] = root
     return function(*args)

@@ -351,52 +351,46 @@ def train_all(jobs: Sequence[dict], progress: bool = True, workers: int | None =
     n_workers, threads = layout(workers)
     if n_workers > 1:
         from gadlib.methods import create_method
-        from gadlib.methods.base import method_class
 
-        missing = []
+        missing = []                      # (job, its untrained model)
         for job in jobs:
             model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
             path = checkpoint_path(job["method"], model.get_params(), job["source"], job.get("categories"),
                                    model.feature_cache().backbone.key(), defects=job.get("defects"),
                                    normal_splits=job.get("normal_splits"), domains=job.get("domains"))
             if not path.with_suffix(".safetensors").is_file():
-                missing.append(job)
+                missing.append((job, model))
         if len(missing) > 1:
-            _prepare_sources(missing, n_workers, threads)
+            _prepare_sources(missing, n_workers)
             # Longest first: the pool's last tasks are then short, and no worker waits long for the other.
-            missing.sort(key=lambda job: -method_class(job["method"]).training_seconds)
+            missing.sort(key=lambda pair: -pair[1].training_seconds)
             bar = tqdm(total=len(missing), desc="training", unit="model", disable=not progress)
             executor = pool(n_workers, threads)
-            for future in [submit(executor, _train_remote, job) for job in missing]:
+            for future in [submit(executor, _train_remote, job) for job, _ in missing]:
                 future.result()
                 bar.update()
             bar.close()
     return [train_or_load(**job, progress=progress) for job in jobs]
 
 
-def _prepare_sources(jobs: Sequence[dict], n_workers: int, threads: int) -> None:
-    """Every image the trainings of ``jobs`` read, made before they start, each once and on the pool: the
-    simulated anomalies of each distinct source (one task each), then the features of all their images
-    (:func:`gadlib.cache.ensure_on_pool`). Two trainings must not make the same image twice, and a training
-    then only reads."""
+def _prepare_sources(missing: Sequence[tuple[dict, object]], n_workers: int) -> None:
+    """Every image the trainings of ``missing`` (job, untrained model) read, made before they start, each once
+    and on the pool: the simulated anomalies of each distinct source (one task each), then the features of all
+    their images (:func:`gadlib.cache.ensure_on_pool`). Two trainings must not make the same image twice, and a
+    training then only reads."""
     from gadlib.cache import ensure_on_pool
-    from gadlib.methods import create_method
-    from gadlib.parallel import pool, submit
+    from gadlib.parallel import starmap
 
-    sources: dict[str, dict] = {}
+    sources: dict[str, tuple] = {}
     caches: dict[str, tuple] = {}
-    for job in jobs:
-        model = create_method(job["method"], **dict(job.get("params") or {}), progress=False)
+    for job, model in missing:
         simulated, seed = getattr(model, "simulated_per_category", 0), getattr(model, "seed", 0)
         key = json.dumps([job["source"], job.get("categories"), job.get("defects"), job.get("normal_splits"),
                           job.get("domains"), simulated, seed], default=str)
-        sources.setdefault(key, dict(job=job, simulated=simulated, seed=seed))
+        sources.setdefault(key, (job, simulated, seed))
         cache = model.feature_cache()
         caches.setdefault(str(cache.folder), (cache, set()))[1].add(key)
-    executor = pool(n_workers, threads)
-    futures = {key: submit(executor, _source_images, item["job"], item["simulated"], item["seed"])
-               for key, item in sources.items()}
-    images = {key: future.result() for key, future in futures.items()}
+    images = dict(zip(sources, starmap(_source_images, sources.values(), n_workers)))
     ensure_on_pool([(cache, [path for key in sorted(keys) for path in images[key]]) for cache, keys in caches.values()],
                    n_workers)
 

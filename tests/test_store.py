@@ -336,7 +336,7 @@ def test_train_all_starts_the_longest_trainings_first(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "cores", lambda: 2)
     monkeypatch.setattr(parallel, "pool", lambda workers, threads: None)
     monkeypatch.setattr(parallel, "submit", submit)
-    monkeypatch.setattr(training, "_prepare_sources", lambda jobs, workers, threads: None)
+    monkeypatch.setattr(training, "_prepare_sources", lambda missing, workers: None)
     monkeypatch.setattr(training, "train_or_load", lambda **job: (job["method"], None))
     jobs = [dict(method=name, source="synth", params=dict(image_size=64)) for name in ("vod", "inctrl", "resad", "nagl")]
     assert [m for m, _ in training.train_all(jobs, progress=False, workers=2)] == ["vod", "inctrl", "resad", "nagl"]

@@ -346,9 +346,12 @@ def generate_suite(
             return _frame(root, previous["rows"])
     (root / MANIFEST).unlink(missing_ok=True)  # no stale "complete" marker while we rewrite
 
+    from gadlib.parallel import starmap
+
+    # Every image is determined by its own seed: on the study's worker pool, category by category, the same files.
     numbers = (n_train, n_test_normal, n_test_per_defect)
-    rows = [row for part in _each_category(_render_category, [(root, category, defects, numbers, args)
-                                                             for category in categories]) for row in part]
+    rows = [row for part in starmap(_render_category, [(root, category, defects, numbers, args)
+                                                       for category in categories]) for row in part]
     if previous is not None:  # files of an earlier, different suite would confuse folder parsers
         for stale in set(_files(previous["rows"])) - set(_files(rows)):
             (root / stale).unlink(missing_ok=True)
@@ -380,18 +383,6 @@ def _render_category(root: Path, category: str, defects: Sequence[str], numbers:
             _save_png(root / row["image_path"], image)
             rows.append(row)
     return rows
-
-
-def _each_category(function, calls: list[tuple]) -> list:
-    """``function(*call)`` for every call, in order; on the study's worker pool when there is one
-    (:func:`gadlib.parallel.layout`): every image is determined by its own seed, so the files are the same."""
-    from gadlib.parallel import layout, pool, submit
-
-    workers, threads = layout()
-    if workers < 2 or len(calls) < 2:
-        return [function(*call) for call in calls]
-    executor = pool(workers, threads)
-    return [future.result() for future in [submit(executor, function, *call) for call in calls]]
 
 
 def _key(*parts: str | int) -> tuple[int, ...]:
