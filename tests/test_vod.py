@@ -83,7 +83,7 @@ def test_vod_errors_name_the_problem():
 
 @pytest.mark.parametrize("shape", [(500, 152), (7, 4, 9), (3, 2), (4, 1)])
 def test_sorted_descending_is_torch_sort_values_and_passes_gradients_alike(shape):
-    from gadlib.kernels.vod import sorted_descending
+    from gadlib.kernels.scoring import sorted_descending
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
