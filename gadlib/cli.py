@@ -230,16 +230,21 @@ def study(
     interval: float = typer.Option(30.0, help="seconds between status lines"),
     validation: bool = typer.Option(False, help="run the checks that chose the trained methods' defaults on "
                                                 "held-out source categories instead (`make validate`)"),
+    force: bool = typer.Option(False, help="run every notebook, also those up to date (unchanged notebook, "
+                                           "parameters, library, packages and outputs since their last run)"),
 ) -> None:
-    """Run the study's notebooks in order, printing progress and an estimate of the time left."""
+    """Run the study's notebooks in order, printing progress and an estimate of the time left.
+
+    A notebook that is up to date since its last run from this cache is not run again (--force runs it)."""
     from gadlib.study_runner import VALIDATION_NOTEBOOKS, StudyError, run_study
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
         if validation:
-            run_study(out=out, only=names, interval=interval, notebooks=VALIDATION_NOTEBOOKS, keep_times=False)
+            run_study(out=out, only=names, interval=interval, notebooks=VALIDATION_NOTEBOOKS, keep_times=False,
+                      force=force)
         else:
-            run_study(out=out, only=names, interval=interval)
+            run_study(out=out, only=names, interval=interval, force=force)
     except ValueError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2)

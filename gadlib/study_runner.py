@@ -16,9 +16,17 @@ The time left comes from the previous run of the same kind, recorded in ``<out>/
 
 ``<out>/study_time.md`` shows the same as a table. Only runs of the whole notebook list are recorded (not
 ``--only``).
+
+A notebook that is **up to date** is not run again, as ``make`` skips a target newer than its sources: after
+each successful run a stamp in the cache (``<cache>/study-stamps/``) records a digest of everything the
+notebook's outputs follow from (:func:`notebook_inputs`: the notebook file, its parameters, every file of the
+library and of the dataset manifests, the installed packages, Python, the workers x threads layout) and a digest
+of each file it wrote. The next run skips it when both still match; any edit, a new package, another layout or
+a touched output runs it again, and so does ``--force``. A run from an empty cache (cold) never skips.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,6 +51,8 @@ REUSABLE = ("features", "results", "checkpoints")
 # `make venv` installs) warns that the debugger may miss breakpoints; no one debugs a papermill kernel, so
 # on the study's terminal that warning is noise.
 KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+# Where a notebook's last successful run is stamped, under the cache root: a stamp belongs with the cells it read.
+STAMPS = "study-stamps"
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,80 @@ def cache_is_empty(cache_root: str | Path) -> bool:
     return not any(path.is_file() for folder in REUSABLE for path in (root / folder).rglob("*"))
 
 
+def _hash_files(digest, root: Path) -> None:
+    """Feed every file under ``root`` (relative name and bytes, in name order) to ``digest``; skip byte code."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+
+
+def library_digest(roots: Sequence[Path] | None = None) -> str:
+    """SHA-256 of the code and data descriptions every notebook runs on: each file under ``roots`` (default:
+    the ``gadlib`` package and the dataset manifests in use), the installed packages and their versions, and
+    the Python version."""
+    from importlib import metadata
+
+    from gadlib.data.manifests import manifests_dir
+
+    digest = hashlib.sha256()
+    for root in roots if roots is not None else (REPO_ROOT / "gadlib", manifests_dir()):
+        digest.update(f"root {Path(root).name}\0".encode())
+        if Path(root).is_dir():
+            _hash_files(digest, Path(root))
+    packages = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions()
+                       if d.metadata["Name"]})
+    digest.update("\n".join(packages + [sys.version]).encode())
+    return digest.hexdigest()
+
+
+def notebook_inputs(notebook: Path, parameters: dict, library: str, layout: tuple[int, int]) -> str:
+    """SHA-256 of what one notebook's outputs follow from: its file, its parameters, ``library``
+    (:func:`library_digest`) and the ``(workers, threads)`` layout (features extracted in another layout can
+    round differently in float16)."""
+    digest = hashlib.sha256(Path(notebook).read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    digest.update(f"{library} {layout[0]}x{layout[1]}".encode())
+    return digest.hexdigest()
+
+
+def output_digests(folder: str | Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of every file under ``folder`` (``{}`` when it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def stamp_path(cache_root: str | Path, name: str, out_folder: str | Path) -> Path:
+    """The stamp of notebook ``name`` writing ``out_folder`` (one per output folder: tests and previews write
+    elsewhere than the study)."""
+    where = hashlib.sha256(str(Path(out_folder).resolve()).encode()).hexdigest()[:12]
+    return Path(cache_root) / STAMPS / f"{name}-{where}.json"
+
+
+def write_stamp(path: Path, inputs: str, out_folder: Path, seconds: float) -> None:
+    """Record a successful run: its inputs' digest, its outputs' digests, when and how long (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = dict(inputs=inputs, outputs=output_digests(out_folder), out=str(Path(out_folder).resolve()),
+                 seconds=round(seconds, 1), date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(stamp, stream, indent=1)
+    os.replace(scratch, path)
+
+
+def up_to_date(path: Path, inputs: str, out_folder: Path) -> dict | None:
+    """The stamp at ``path`` when it has these ``inputs`` and ``out_folder`` holds exactly the files it wrote
+    (none added, removed or changed); otherwise ``None``."""
+    try:
+        stamp = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("inputs") != inputs or not stamp.get("outputs"):
+        return None
+    return stamp if output_digests(out_folder) == stamp["outputs"] else None
+
+
 def read_times(path: str | Path) -> dict:
     """The recorded runs by kind (``{}`` when the file is missing or unreadable, with a warning for the latter)."""
     path = Path(path)
@@ -225,7 +309,7 @@ def times_table(runs: dict) -> str:
         notebooks = entry.get("notebooks", {})
         total = lambda key: sum(n.get(key, 0) for n in notebooks.values())   # noqa: E731
         rows.append([kind, format_duration(entry.get("seconds", 0))]
-                    + [format_duration(notebooks[n]["seconds"]) if n in notebooks else "" for n in names]
+                    + [_notebook_time(notebooks[n]) if n in notebooks else "" for n in names]
                     + [f"{total('cells_computed')} / {total('cells_reused')}", str(total("models_trained")),
                        f"{entry.get('workers', '?')} x {entry.get('threads_per_worker', '?')}",
                        str(entry.get("cores", "")), str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
@@ -233,6 +317,9 @@ def times_table(runs: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
                                "cache, warm = a second run with nothing changed.\n")
+    if any(n.get("skipped") for entry in runs.values() for n in entry.get("notebooks", {}).values()):
+        text += ("\n\"up to date\": the notebook was not run again; its file, parameters, the library, the packages "
+                 "and its outputs were as its last run from this cache left them (`gad study --force` runs it).\n")
     cold = runs.get(COLD, {}).get("notebooks", {})
     if any("work" in entry for entry in cold.values()):
         text += ("\nWhere the cold run's computing went, per notebook: process-minutes (two workers give up to twice "
@@ -245,6 +332,10 @@ def times_table(runs: dict) -> str:
                      + " | ".join(f"{work.get(k, 0) / 60:.1f}" for k in ("training_s", "scoring_s", "features_s"))
                      + f" | {top} |\n")
     return text
+
+
+def _notebook_time(entry: dict) -> str:
+    return f"{format_duration(entry['seconds'])} (up to date)" if entry.get("skipped") else format_duration(entry["seconds"])
 
 
 def format_duration(seconds: float) -> str:
@@ -350,7 +441,7 @@ class _KernelEnv:
 
 def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None = None, interval: float = 30.0,
               notebooks: Sequence[StudyNotebook] | None = None, parameters: dict | None = None,
-              emit: Callable[[str], None] = _print, keep_times: bool = True) -> dict:
+              emit: Callable[[str], None] = _print, keep_times: bool = True, force: bool = False) -> dict:
     """Run the study's notebooks into ``out/<name>``, printing progress; record the times of a full run.
 
     Args:
@@ -361,6 +452,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
         parameters: papermill parameters given to every notebook (default: each notebook's own).
         emit: where lines go (default: stdout, flushed).
         keep_times: record the times of a full run (``False`` for other notebooks, e.g. the validation).
+        force: run every chosen notebook, also those that are up to date (module docstring).
     Returns:
         The run's record: ``seconds``, per-notebook ``notebooks`` and, for a full run, ``kind``.
     Raises:
@@ -388,26 +480,40 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     times_path = out / TIMES_FILE
     times = read_times(times_path)
     history = times.get(COLD) if started_cold else (times.get(WARM) or times.get(PARTIAL))
-    previous = (history or {}).get("notebooks", {})
+    # a notebook that was up to date last time says nothing about how long it runs
+    previous = {name: entry for name, entry in (history or {}).get("notebooks", {}).items() if not entry.get("skipped")}
     first = "run" if not times else ("cold run" if started_cold else "warm run")
     emit(f"study: {len(chosen)} notebook(s) -> {out}/; cache {cache_root} "
          f"({'empty: a cold run' if started_cold else 'holds earlier work: a warm run'}); "
          f"{workers} worker(s) x {threads} thread(s)")
     study_start, record = time.perf_counter(), {}
+    library = library_digest()
     with tempfile.TemporaryDirectory(prefix="gadlib-progress-") as events_dir:
         for index, notebook in enumerate(chosen):
+            start, tag = time.perf_counter(), f"[{index + 1}/{len(chosen)}] {notebook.name}"
+            inputs = notebook_inputs(notebook.path, dict(parameters or {}, **dict(notebook.parameters)), library,
+                                     (workers, threads))
+            stamp_file = stamp_path(cache_root, notebook.name, out / notebook.name)
+            stamp = None if started_cold or force else up_to_date(stamp_file, inputs, out / notebook.name)
+            if stamp is not None:
+                emit(f"{tag}: up to date, not run (notebook, parameters, library, packages and "
+                     f"{out / notebook.name} as its run of {stamp['date']} left them; --force runs it)")
+                record[notebook.name] = dict(seconds=round(time.perf_counter() - start, 1), cells=0,
+                                             **{k: 0 for k in COUNTS}, work=work_breakdown([]), skipped=True)
+                continue
             kernel_env = dict(KERNEL_ENV, GADLIB_CACHE=str(cache_root), GADLIB_WORKERS=str(workers))
             kernel_env[PROGRESS_ENV] = str(Path(events_dir) / f"{notebook.name}.jsonl")
             later = [previous.get(n.name, {}).get("seconds") for n in chosen[index + 1:]]
-            record[notebook.name] = _run_one(notebook, f"[{index + 1}/{len(chosen)}] {notebook.name}", out,
-                                             parameters, kernel_env, interval, emit, study_start,
+            record[notebook.name] = _run_one(notebook, tag, out, parameters, kernel_env, interval, emit, study_start,
                                              previous.get(notebook.name), later, first)
+            write_stamp(stamp_file, inputs, out / notebook.name, record[notebook.name]["seconds"])
     total = time.perf_counter() - study_start
     emit(f"study: done in {format_duration(total)}")
     width = max(len(name) for name in record)
     for name, entry in record.items():
         counts = Tally(**{k: entry[k] for k in COUNTS})
-        emit(f"  {name:{width}s}  {format_duration(entry['seconds']):>7s}  {describe(counts)}")
+        what = "up to date, not run" if entry.get("skipped") else describe(counts)
+        emit(f"  {name:{width}s}  {format_duration(entry['seconds']):>7s}  {what}")
     result = dict(seconds=round(total, 1), notebooks=record)
     if only is None and keep_times:
         kind = run_kind(started_cold, record)

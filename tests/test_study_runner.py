@@ -201,14 +201,14 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     assert entry["notebooks"]["alpha"]["images"] == 5 and entry["seconds"] >= entry["notebooks"]["alpha"]["seconds"]
     assert {"date", "cores", "torch_threads", "commit"} <= set(entry)
 
-    warm = run_study(out, interval=0.2, notebooks=toys)
+    warm = run_study(out, interval=0.2, notebooks=toys, force=True)     # run although up to date
     assert warm["kind"] == WARM and warm["notebooks"]["alpha"]["cells_reused"] == 3
     lines = capfd.readouterr().out.splitlines()
     assert "holds earlier work: a warm run" in lines[0]
     assert any(line.endswith("no estimate yet (first warm run)") for line in lines)  # cold times do not apply
 
     (cache / "results" / "alpha.done").unlink()        # alpha recomputes, beta reuses: neither cold nor warm
-    partial = run_study(out, interval=0.2, notebooks=toys)
+    partial = run_study(out, interval=0.2, notebooks=toys, force=True)
     lines = capfd.readouterr().out.splitlines()
     assert partial["kind"] == PARTIAL
     assert any(line.startswith("[1/2] alpha: started (last time ") for line in lines)
@@ -219,6 +219,72 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     assert recorded[COLD] == entry                          # the cold run is kept as it was
     assert recorded[WARM]["notebooks"]["beta"]["cells_reused"] == 2
     assert recorded[PARTIAL]["notebooks"]["alpha"]["cells_computed"] == 3
+
+
+def test_an_up_to_date_notebook_is_not_run_again_until_something_it_follows_from_changes(toys, cache, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "embedded"
+    assert run_study(out, interval=5, notebooks=toys)["kind"] == COLD
+    assert len(list((cache / study_runner.STAMPS).glob("*.json"))) == 2
+    written = {name: study_runner.output_digests(out / name) for name in ("alpha", "beta")}
+    capsys.readouterr()
+
+    warm = run_study(out, interval=5, notebooks=toys)
+    lines = capsys.readouterr().out.splitlines()
+    assert warm["kind"] == WARM and all(warm["notebooks"][n]["skipped"] for n in ("alpha", "beta"))
+    assert any(line.startswith("[1/2] alpha: up to date, not run") for line in lines)
+    assert not any(": started" in line for line in lines)
+    assert {name: study_runner.output_digests(out / name) for name in ("alpha", "beta")} == written
+    assert "| warm | " in (out / "study_time.md").read_text() and "(up to date)" in (out / "study_time.md").read_text()
+
+    def started(**kwargs) -> list[str]:
+        run_study(out, interval=5, notebooks=toys, **kwargs)
+        return [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.endswith(": started")
+                or ": started (last time" in line]
+
+    (out / "beta" / "table.md").write_text("edited by hand\n")          # a touched output: beta runs again
+    assert started() == ["[2/2] beta"]
+    assert (out / "beta" / "table.md").read_text() == "| beta | 2 |\n"
+    (out / "alpha" / "extra.csv").write_text("x\n")                      # a file it did not write: alpha runs
+    assert started() == ["[1/2] alpha"] and not (out / "alpha" / "extra.csv").exists()
+    _toy(toys[0].path.parent, "alpha", 4)                                # the notebook itself changed
+    assert started() == ["[1/2] alpha"]
+    assert (out / "alpha" / "table.md").read_text() == "| alpha | 4 |\n"
+    assert started() == []
+    assert started(force=True) == ["[1/2] alpha", "[2/2] beta"]
+    assert started(parameters={"pause": 0.01}) == ["[1/2] alpha", "[2/2] beta"]    # other parameters
+    for folder in study_runner.REUSABLE:                                 # an empty cache: cold, nothing skipped
+        for path in sorted((cache / folder).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    assert started() == ["[1/2] alpha", "[2/2] beta"]
+    # another output folder has stamps of its own
+    assert run_study(tmp_path / "elsewhere", interval=5, notebooks=toys)["notebooks"]["alpha"].get("skipped") is None
+
+
+def test_notebook_inputs_follow_the_notebook_parameters_library_and_layout(tmp_path):
+    from gadlib.study_runner import library_digest, notebook_inputs
+
+    code = tmp_path / "lib"
+    (code / "__pycache__").mkdir(parents=True)
+    (code / "kernel.py").write_text("A = 1\n")
+    library = library_digest([code])
+    assert library == library_digest([code])
+    (code / "__pycache__" / "kernel.cpython-311.pyc").write_bytes(b"\0")   # byte code is not an input
+    assert library_digest([code]) == library
+    (code / "kernel.py").write_text("A = 2\n")
+    assert library_digest([code]) != library
+    (code / "kernel.py").write_text("A = 1\n")
+    (code / "new.py").write_text("")
+    assert library_digest([code]) != library
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text("{}")
+    base = notebook_inputs(notebook, {"a": 1, "b": [1, 2]}, "lib", (2, 1))
+    assert base == notebook_inputs(notebook, {"b": [1, 2], "a": 1}, "lib", (2, 1))      # order does not matter
+    assert len({base, notebook_inputs(notebook, {"a": 2, "b": [1, 2]}, "lib", (2, 1)),
+                notebook_inputs(notebook, {"a": 1, "b": [1, 2]}, "lib2", (2, 1)),
+                notebook_inputs(notebook, {"a": 1, "b": [1, 2]}, "lib", (1, 2))}) == 4
+    notebook.write_text("{ }")
+    assert notebook_inputs(notebook, {"a": 1, "b": [1, 2]}, "lib", (2, 1)) != base
 
 
 def test_only_runs_a_subset_and_records_nothing(toys, cache, tmp_path, capsys):
