@@ -10,9 +10,12 @@ The time left comes from the previous run of the same kind, recorded in ``<out>/
 
 * ``cold_seconds``: the wall time of the last full run that started from an empty cache (no features,
   results or checkpoints), with its ``cores`` and ``commit`` at the top level;
-* ``warm_seconds``: the last full run that computed nothing (every cell, model and feature reused);
-* ``runs``: the ``cold``, ``warm`` and ``partial`` (neither) runs in detail: total and per-notebook seconds,
-  cell counts, date, cores, torch threads, workers and the git commit of that run.
+* ``warm_seconds``: the last full run with nothing changed: every notebook up to date (see below), nothing
+  computed;
+* ``rerun_seconds``: the last full run that computed nothing but ran its notebooks again from stored cells,
+  models and features (after an edit of the library, or with ``--force``);
+* ``runs``: the ``cold``, ``warm``, ``rerun`` and ``partial`` (something computed) runs in detail: total and
+  per-notebook seconds, cell counts, date, cores, torch threads, workers and the git commit of that run.
 
 ``<out>/study_time.md`` shows the same as a table. Only runs of the whole notebook list are recorded (not
 ``--only``).
@@ -43,7 +46,8 @@ from gadlib.progress import PROGRESS_ENV, read_events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMES_FILE = "study_time.json"
-COLD, WARM, PARTIAL = "cold", "warm", "partial"
+COLD, WARM, RERUN, PARTIAL = "cold", "warm", "rerun", "partial"
+KINDS = (COLD, WARM, RERUN, PARTIAL)
 LEGACY = {"cold_seconds": COLD, "warm_seconds": WARM, "last_partial": PARTIAL}   # the first format's entries
 # The cache folders whose contents a run can reuse; weights and generated datasets do not make a run warm.
 REUSABLE = ("features", "results", "checkpoints")
@@ -230,13 +234,9 @@ def stamp_path(cache_root: str | Path, name: str, out_folder: str | Path) -> Pat
 
 def write_stamp(path: Path, inputs: str, out_folder: Path, seconds: float) -> None:
     """Record a successful run: its inputs' digest, its outputs' digests, when and how long (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = dict(inputs=inputs, outputs=output_digests(out_folder), out=str(Path(out_folder).resolve()),
                  seconds=round(seconds, 1), date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(stamp, stream, indent=1)
-    os.replace(scratch, path)
+    _write_atomically(Path(path), json.dumps(stamp, indent=1) + "\n")
 
 
 def up_to_date(path: Path, inputs: str, out_folder: Path) -> dict | None:
@@ -270,12 +270,13 @@ def read_times(path: str | Path) -> dict:
 
 
 def run_kind(started_cold: bool, notebooks: dict[str, dict]) -> str:
-    """The study_time.json entry a finished full run goes to: cold, warm (nothing computed) or partial."""
+    """The study_time.json entry a finished full run goes to: cold (from an empty cache), warm (every notebook up
+    to date), rerun (nothing computed, notebooks run again from stored work) or partial (something computed)."""
     if started_cold:
         return COLD
-    if not any(n["cells_computed"] or n["models_trained"] or n["images"] for n in notebooks.values()):
-        return WARM
-    return PARTIAL
+    if any(n["cells_computed"] or n["models_trained"] or n["images"] for n in notebooks.values()):
+        return PARTIAL
+    return WARM if all(n.get("skipped") for n in notebooks.values()) else RERUN
 
 
 def record_times(path: str | Path, kind: str, entry: dict) -> dict:
@@ -286,14 +287,20 @@ def record_times(path: str | Path, kind: str, entry: dict) -> dict:
     runs[kind] = entry
     headline = runs.get(COLD) or entry
     times = {"cold_seconds": runs.get(COLD, {}).get("seconds"), "warm_seconds": runs.get(WARM, {}).get("seconds"),
+             "rerun_seconds": runs.get(RERUN, {}).get("seconds"),
              "cores": headline.get("cores"), "commit": headline.get("commit"), "runs": runs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((path, json.dumps(times, indent=1) + "\n"), (path.with_suffix(".md"), times_table(runs))):
-        handle, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=path.parent)
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(scratch, target)  # readers see the old file or the new one, never half of one
+    _write_atomically(path, json.dumps(times, indent=1) + "\n")
+    _write_atomically(path.with_suffix(".md"), times_table(runs))
     return times
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(scratch, path)
 
 
 def times_table(runs: dict) -> str:
@@ -302,7 +309,7 @@ def times_table(runs: dict) -> str:
     header = ["run", "total"] + names + ["cells computed / reused", "models trained", "workers x threads", "cores",
                                          "commit", "date"]
     rows = []
-    for kind in (COLD, WARM, PARTIAL):
+    for kind in KINDS:
         entry = runs.get(kind)
         if not entry:
             continue
@@ -316,7 +323,9 @@ def times_table(runs: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
-                               "cache, warm = a second run with nothing changed.\n")
+                               "cache, warm = a second run with nothing changed, rerun = every notebook run again "
+                               "from the stored cells, models and features (after an edit of the library, or "
+                               "`--force`).\n")
     if any(n.get("skipped") for entry in runs.values() for n in entry.get("notebooks", {}).values()):
         text += ("\n\"up to date\": the notebook was not run again; its file, parameters, the library, the packages "
                  "and its outputs were as its last run from this cache left them (`gad study --force` runs it).\n")
@@ -479,7 +488,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     started_cold = cache_is_empty(cache_root)
     times_path = out / TIMES_FILE
     times = read_times(times_path)
-    history = times.get(COLD) if started_cold else (times.get(WARM) or times.get(PARTIAL))
+    history = times.get(COLD) if started_cold else (times.get(RERUN) or times.get(WARM) or times.get(PARTIAL))
     # a notebook that was up to date last time says nothing about how long it runs
     previous = {name: entry for name, entry in (history or {}).get("notebooks", {}).items() if not entry.get("skipped")}
     first = "run" if not times else ("cold run" if started_cold else "warm run")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from gadlib import study_runner
 from gadlib.cli import app
-from gadlib.study_runner import (COLD, PARTIAL, WARM, StudyError, StudyNotebook, Tally, cache_is_empty,
+from gadlib.study_runner import (COLD, PARTIAL, RERUN, WARM, StudyError, StudyNotebook, Tally, cache_is_empty,
                                  estimate_left, format_duration, record_times, run_kind, run_study, select,
                                  status_line, tally)
 
@@ -138,7 +138,9 @@ def test_run_kind_and_record_keeps_the_other_entries(tmp_path):
     nothing = dict(a=dict(cells_computed=0, models_trained=0, images=0), b=dict(cells_computed=0, models_trained=0,
                                                                                 images=0))
     assert run_kind(True, nothing) == COLD         # an empty cache at the start decides, whatever was computed
-    assert run_kind(False, nothing) == WARM
+    assert run_kind(False, nothing) == RERUN       # nothing computed, but the notebooks ran again
+    assert run_kind(False, {n: dict(e, skipped=True) for n, e in nothing.items()}) == WARM   # all up to date
+    assert run_kind(False, dict(nothing, b=dict(nothing["b"], skipped=True))) == RERUN
     assert run_kind(False, computed) == PARTIAL
     path = tmp_path / "study_time.json"
     record_times(path, COLD, dict(seconds=100))
@@ -202,7 +204,7 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     assert {"date", "cores", "torch_threads", "commit"} <= set(entry)
 
     warm = run_study(out, interval=0.2, notebooks=toys, force=True)     # run although up to date
-    assert warm["kind"] == WARM and warm["notebooks"]["alpha"]["cells_reused"] == 3
+    assert warm["kind"] == RERUN and warm["notebooks"]["alpha"]["cells_reused"] == 3
     lines = capfd.readouterr().out.splitlines()
     assert "holds earlier work: a warm run" in lines[0]
     assert any(line.endswith("no estimate yet (first warm run)") for line in lines)  # cold times do not apply
@@ -217,7 +219,7 @@ def test_cold_warm_partial_runs_print_progress_and_record_times(toys, cache, tmp
     assert status and all(re.search(guess, line) for line in status)
     recorded = json.loads(times.read_text())["runs"]
     assert recorded[COLD] == entry                          # the cold run is kept as it was
-    assert recorded[WARM]["notebooks"]["beta"]["cells_reused"] == 2
+    assert recorded[RERUN]["notebooks"]["beta"]["cells_reused"] == 2
     assert recorded[PARTIAL]["notebooks"]["alpha"]["cells_computed"] == 3
 
 
