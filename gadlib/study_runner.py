@@ -306,8 +306,8 @@ def _write_atomically(path: Path, text: str) -> None:
 def times_table(runs: dict) -> str:
     """The recorded runs as a Markdown table: one row per run kind, one column per notebook."""
     names = list(dict.fromkeys(n for entry in runs.values() for n in entry.get("notebooks", {})))
-    header = ["run", "total"] + names + ["cells computed / reused", "models trained", "workers x threads", "cores",
-                                         "commit", "date"]
+    header = ["run", "total"] + names + ["cells computed / reused", "models trained", "workers x threads",
+                                         "cores, CPU", "commit", "date"]
     rows = []
     for kind in KINDS:
         entry = runs.get(kind)
@@ -319,7 +319,8 @@ def times_table(runs: dict) -> str:
                     + [_notebook_time(notebooks[n]) if n in notebooks else "" for n in names]
                     + [f"{total('cells_computed')} / {total('cells_reused')}", str(total("models_trained")),
                        f"{entry.get('workers', '?')} x {entry.get('threads_per_worker', '?')}",
-                       str(entry.get("cores", "")), str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
+                       " ".join(str(entry[key]) for key in ("cores", "cpu") if entry.get(key)),
+                       str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
@@ -344,7 +345,20 @@ def times_table(runs: dict) -> str:
 
 
 def _notebook_time(entry: dict) -> str:
-    return f"{format_duration(entry['seconds'])} (up to date)" if entry.get("skipped") else format_duration(entry["seconds"])
+    return "up to date" if entry.get("skipped") else format_duration(entry["seconds"])
+
+
+def cpu_model() -> str | None:
+    """The processor's model name (Linux ``/proc/cpuinfo``; else what :mod:`platform` says), or ``None``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
 
 
 def format_duration(seconds: float) -> str:
@@ -527,7 +541,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     if only is None and keep_times:
         kind = run_kind(started_cold, record)
         result.update(kind=kind, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      cores=os.cpu_count(), torch_threads=torch.get_num_threads(), workers=workers,
+                      cores=os.cpu_count(), cpu=cpu_model(), torch_threads=torch.get_num_threads(), workers=workers,
                       threads_per_worker=threads, commit=git_commit(REPO_ROOT))
         record_times(times_path, kind, {k: v for k, v in result.items() if k != "kind"})
         emit(f"study: times recorded as '{kind}' in {times_path}")
