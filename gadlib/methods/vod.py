@@ -51,7 +51,8 @@ from torch import nn
 
 from gadlib.backbones import DEFAULT_BACKBONE
 from gadlib.kernels.patches import to_patches
-from gadlib.kernels.residual import check_search, nearest_in_first, nearest_neighbour, nearest_per_group
+from gadlib.kernels.residual import (check_search, nearest_in_first, nearest_in_shots, nearest_neighbour,
+                                     nearest_per_group)
 from gadlib.kernels.scoring import image_score, upsample_blur
 from gadlib.kernels.vod import check_vod
 from gadlib.methods.base import Method, References, Scores, register_method
@@ -242,9 +243,9 @@ class VOD(BackboneFeatures, Method):
         for start in self._bar(range(0, len(queries), self.query_batch)):
             features = to_patches(self.patch_features(queries[start:start + self.query_batch]))
             b = len(features) // cells
-            found = nearest_per_group(features, bank, cells, "l2", return_index=True, search=self.search)
+            found = nearest_in_shots(features, bank, cells, shots, "l2", search=self.search)
             for k in shots:
-                res = self.residuals(features, bank, nearest_in_first(*found, k)[1])
+                res = self.residuals(features, bank, found[k][1])
                 patch = self._patch_scores(res, abnormal[k]).reshape(b, *side)
                 maps = upsample_blur(patch.float(), self.image_size, self.sigma, self.cell_offset(side[-1]))
                 image_scores[k].append(image_score(maps, self.reduction).cpu())
