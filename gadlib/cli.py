@@ -230,19 +230,28 @@ def study(
     interval: float = typer.Option(30.0, help="seconds between status lines"),
     validation: bool = typer.Option(False, help="run the checks that chose the trained methods' defaults on "
                                                 "held-out source categories instead (`make validate`)"),
+    extended: bool = typer.Option(False, help="run what `make study` leaves out instead: the three-gap study's VOD "
+                                              "readings inside the other methods and the scaling study "
+                                              "(`make study-extended`; times in study_extended_time.json)"),
     force: bool = typer.Option(False, help="run every notebook, also those up to date (unchanged notebook, "
                                            "parameters, library, packages and outputs since their last run)"),
 ) -> None:
     """Run the study's notebooks in order, printing progress and an estimate of the time left.
 
     A notebook that is up to date since its last run from this cache is not run again (--force runs it)."""
-    from gadlib.study_runner import VALIDATION_NOTEBOOKS, StudyError, run_study
+    from gadlib.study_runner import (EXTENDED_NOTEBOOKS, EXTENDED_TIMES_FILE, VALIDATION_NOTEBOOKS, StudyError,
+                                     run_study)
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
+        if validation and extended:
+            raise ValueError("--validation and --extended are two different runs: give one")
         if validation:
             run_study(out=out, only=names, interval=interval, notebooks=VALIDATION_NOTEBOOKS, keep_times=False,
                       force=force)
+        elif extended:
+            run_study(out=out, only=names, interval=interval, notebooks=EXTENDED_NOTEBOOKS, force=force,
+                      times_file=EXTENDED_TIMES_FILE, command="make study-extended")
         else:
             run_study(out=out, only=names, interval=interval, force=force)
     except ValueError as err:

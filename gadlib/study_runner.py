@@ -77,9 +77,43 @@ STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
         ("20_cross_domain.ipynb", "cross_domain", {}),
         ("25_normal_abnormal.ipynb", "normal_abnormal", {}),
         ("10_residual_space.ipynb", "residual_space", {}),
-        ("30_three_gaps.ipynb", "three_gaps", {}),
+        ("30_three_gaps.ipynb", "three_gaps", {"part": "pipeline"}),
+    ))
+# What `make study` leaves out to finish in 45 minutes on two cores, run by `make study-extended` (`gad study
+# --extended`) into the same results root and from the same cache: the three-gap notebook's VOD readings inside
+# kNN, ResAD, InCTRL-vision and NAGL ("+ A", "+ B"; about 14 of the 28 minutes that notebook took whole) and
+# the scaling study (about 14 minutes). Nothing is subsampled; the README says what and why.
+EXTENDED_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
+    StudyNotebook(name, REPO_ROOT / "notebooks" / file, tuple(parameters.items())) for file, name, parameters in (
+        ("30_three_gaps.ipynb", "three_gaps_readings", {"part": "readings"}),
         ("40_scaling.ipynb", "scaling", {}),
     ))
+EXTENDED_TIMES_FILE = "study_extended_time.json"
+#: The three-gap notebook's parts: which of its method variants each runs (:func:`three_gap_part`).
+THREE_GAP_PARTS = ("all", "pipeline", "readings")
+
+
+def three_gap_part(variants: dict, part: str) -> dict:
+    """The three-gap notebook's variants that its ``part`` runs, in their order.
+
+    ``"pipeline"`` (`make study`): the plain methods and every ``vod`` pipeline variant (``"VOD: ..."``);
+    ``"readings"`` (`make study-extended`): the plain methods and their VOD readings (``"kNN + A"``, ...), so
+    that each reading is paired with its base on the same draws (the plain methods' cells are the pipeline
+    part's, reused from the result store); ``"all"``: every variant.
+    """
+    if part not in THREE_GAP_PARTS:
+        raise ValueError(f"part must be one of {', '.join(THREE_GAP_PARTS)}; got {part!r}")
+
+    def is_pipeline(label):
+        return label.startswith("VOD: ")
+
+    def is_reading(label):
+        return " + " in label and not is_pipeline(label)
+
+    keep = {"all": lambda label: True,
+            "pipeline": lambda label: not is_reading(label),
+            "readings": lambda label: not is_pipeline(label)}[part]
+    return {label: value for label, value in variants.items() if keep(label)}
 # Checks that chose the trained methods' defaults on held-out source categories (`make validate`): not part
 # of the study's time; re-run them when a default is in question.
 VALIDATION_NOTEBOOKS: tuple[StudyNotebook, ...] = (
@@ -279,9 +313,9 @@ def run_kind(started_cold: bool, notebooks: dict[str, dict]) -> str:
     return WARM if all(n.get("skipped") for n in notebooks.values()) else RERUN
 
 
-def record_times(path: str | Path, kind: str, entry: dict) -> dict:
+def record_times(path: str | Path, kind: str, entry: dict, command: str = "make study") -> dict:
     """Set run ``kind`` in the JSON at ``path`` to ``entry``, keeping the other runs; write it atomically,
-    and its table beside it (``.md``). Returns the whole record."""
+    and its table beside it (``.md``, which names the run's ``command``). Returns the whole record."""
     path = Path(path)
     runs = read_times(path)
     runs[kind] = entry
@@ -290,7 +324,7 @@ def record_times(path: str | Path, kind: str, entry: dict) -> dict:
              "rerun_seconds": runs.get(RERUN, {}).get("seconds"),
              "cores": headline.get("cores"), "commit": headline.get("commit"), "runs": runs}
     _write_atomically(path, json.dumps(times, indent=1) + "\n")
-    _write_atomically(path.with_suffix(".md"), times_table(runs))
+    _write_atomically(path.with_suffix(".md"), times_table(runs, command))
     return times
 
 
@@ -303,8 +337,8 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(scratch, path)
 
 
-def times_table(runs: dict) -> str:
-    """The recorded runs as a Markdown table: one row per run kind, one column per notebook."""
+def times_table(runs: dict, command: str = "make study") -> str:
+    """The recorded runs of ``command`` as a Markdown table: one row per run kind, one column per notebook."""
     names = list(dict.fromkeys(n for entry in runs.values() for n in entry.get("notebooks", {})))
     header = ["run", "total"] + names + ["cells computed / reused", "models trained", "workers x threads",
                                          "cores, CPU", "commit", "date"]
@@ -323,7 +357,7 @@ def times_table(runs: dict) -> str:
                        str(entry.get("commit", ""))[:12], str(entry.get("date", ""))])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    text = "\n".join(lines) + ("\n\nWall time of `make study` (`gad study`) on this machine: cold = from an empty "
+    text = "\n".join(lines) + (f"\n\nWall time of `{command}` on this machine: cold = from an empty "
                                "cache, warm = a second run with nothing changed, rerun = every notebook run again "
                                "from the stored cells, models and features (after an edit of the library, or "
                                "`--force`).\n")
@@ -464,7 +498,8 @@ class _KernelEnv:
 
 def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None = None, interval: float = 30.0,
               notebooks: Sequence[StudyNotebook] | None = None, parameters: dict | None = None,
-              emit: Callable[[str], None] = _print, keep_times: bool = True, force: bool = False) -> dict:
+              emit: Callable[[str], None] = _print, keep_times: bool = True, force: bool = False,
+              times_file: str = TIMES_FILE, command: str = "make study") -> dict:
     """Run the study's notebooks into ``out/<name>``, printing progress; record the times of a full run.
 
     Args:
@@ -475,6 +510,8 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
         parameters: papermill parameters given to every notebook (default: each notebook's own).
         emit: where lines go (default: stdout, flushed).
         keep_times: record the times of a full run (``False`` for other notebooks, e.g. the validation).
+        times_file: where under ``out`` they go (:data:`EXTENDED_TIMES_FILE` for the extended study), with the
+            table (``.md``) beside it; ``command`` names the run there.
         force: run every chosen notebook, also those that are up to date (module docstring).
     Returns:
         The run's record: ``seconds``, per-notebook ``notebooks`` and, for a full run, ``kind``.
@@ -500,7 +537,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
     # Cells and trainings run side by side in the measured layout unless $GADLIB_WORKERS says otherwise.
     workers, threads = layout(int(os.environ.get(WORKERS_ENV, STUDY_WORKERS)))
     started_cold = cache_is_empty(cache_root)
-    times_path = out / TIMES_FILE
+    times_path = out / times_file
     times = read_times(times_path)
     history = times.get(COLD) if started_cold else (times.get(RERUN) or times.get(WARM) or times.get(PARTIAL))
     # a notebook that was up to date last time says nothing about how long it runs
@@ -543,7 +580,7 @@ def run_study(out: str | Path = "results/embedded", only: Sequence[str] | None =
         result.update(kind=kind, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       cores=os.cpu_count(), cpu=cpu_model(), torch_threads=torch.get_num_threads(), workers=workers,
                       threads_per_worker=threads, commit=git_commit(REPO_ROOT))
-        record_times(times_path, kind, {k: v for k, v in result.items() if k != "kind"})
+        record_times(times_path, kind, {k: v for k, v in result.items() if k != "kind"}, command)
         emit(f"study: times recorded as '{kind}' in {times_path}")
     return result
 

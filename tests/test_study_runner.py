@@ -169,11 +169,34 @@ def test_select_keeps_study_order_and_names_the_choices(toys):
 
 def test_the_study_list_lives_here_in_order():
     assert [n.name for n in study_runner.STUDY_NOTEBOOKS] == ["quickstart", "explorer", "baselines", "cross_domain",
-                                                               "normal_abnormal", "residual_space", "three_gaps",
-                                                               "scaling"]
+                                                               "normal_abnormal", "residual_space", "three_gaps"]
+    assert [n.name for n in study_runner.EXTENDED_NOTEBOOKS] == ["three_gaps_readings", "scaling"]
     explorer = next(n for n in study_runner.STUDY_NOTEBOOKS if n.name == "explorer")
     assert dict(explorer.parameters) == {"backend": "inline"}          # a static copy for the report
-    assert all(n.path.is_file() for n in study_runner.STUDY_NOTEBOOKS)
+    both = study_runner.STUDY_NOTEBOOKS + study_runner.EXTENDED_NOTEBOOKS
+    assert all(n.path.is_file() for n in both)
+    assert len({n.name for n in both}) == len(both)                      # one results folder each
+    # the three-gap notebook runs twice, one part in each study
+    parts = {n.name: dict(n.parameters).get("part") for n in both if n.path.name == "30_three_gaps.ipynb"}
+    assert parts == {"three_gaps": "pipeline", "three_gaps_readings": "readings"}
+
+
+def test_three_gap_parts_split_the_variants_and_share_the_plain_methods():
+    from gadlib.study_runner import three_gap_part
+
+    variants = {label: (label.split()[0].lower(), {}) for label in [
+        "kNN", "kNN + A", "ResAD", "ResAD + A", "ResAD + B", "NAGL", "NAGL + B", "VOD: no decomposition",
+        "VOD: A", "VOD: A + B", "best training-free"]}
+    pipeline, readings = three_gap_part(variants, "pipeline"), three_gap_part(variants, "readings")
+    assert list(pipeline) == ["kNN", "ResAD", "NAGL", "VOD: no decomposition", "VOD: A", "VOD: A + B",
+                              "best training-free"]
+    assert list(readings) == ["kNN", "kNN + A", "ResAD", "ResAD + A", "ResAD + B", "NAGL", "NAGL + B",
+                              "best training-free"]
+    assert set(pipeline) | set(readings) == set(variants)                # nothing is dropped by the split
+    assert set(pipeline) & set(readings) == {"kNN", "ResAD", "NAGL", "best training-free"}
+    assert three_gap_part(variants, "all") == variants and readings["kNN + A"] is variants["kNN + A"]
+    with pytest.raises(ValueError, match="part must be one of all, pipeline, readings; got 'both'"):
+        three_gap_part(variants, "both")
 
 
 # --- runs of tiny notebooks ----------------------------------------------------------------------------------
@@ -328,3 +351,16 @@ def test_cli_exits_non_zero_on_failure_and_on_bad_names(tmp_path, cache, monkeyp
     assert unknown.exit_code == 2 and "--only takes notebook names from broken; got 'nope'" in unknown.output
     bad = runner.invoke(app, ["study", "--interval", "0"])
     assert bad.exit_code == 2 and "--interval must be a positive number" in bad.output
+    both = runner.invoke(app, ["study", "--validation", "--extended"])
+    assert both.exit_code == 2 and "two different runs" in both.output
+
+
+def test_the_extended_study_records_its_times_in_its_own_file(toys, cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(study_runner, "EXTENDED_NOTEBOOKS", toys[:1])
+    out = tmp_path / "embedded"
+    result = CliRunner().invoke(app, ["study", "--extended", "--out", str(out), "--interval", "5"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"alpha", "study_extended_time.json", "study_extended_time.md"}
+    recorded = json.loads((out / "study_extended_time.json").read_text())["runs"]
+    assert list(recorded) == [COLD] and list(recorded[COLD]["notebooks"]) == ["alpha"]
+    assert "Wall time of `make study-extended` on this machine" in (out / "study_extended_time.md").read_text()
