@@ -239,13 +239,18 @@ def study(
     """Run the study's notebooks in order, printing progress and an estimate of the time left.
 
     A notebook that is up to date since its last run from this cache is not run again (--force runs it)."""
-    from gadlib.study_runner import (EXTENDED_NOTEBOOKS, EXTENDED_TIMES_FILE, VALIDATION_NOTEBOOKS, StudyError,
-                                     run_study)
+    from gadlib.study_runner import (EXTENDED_NOTEBOOKS, EXTENDED_TIMES_FILE, STUDY_NOTEBOOKS, VALIDATION_NOTEBOOKS,
+                                     StudyError, run_study)
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
     try:
         if validation and extended:
             raise ValueError("--validation and --extended are two different runs: give one")
+        if names and not validation:        # a notebook of the other part: say which command runs it
+            other, flag = (STUDY_NOTEBOOKS, "without --extended") if extended else (EXTENDED_NOTEBOOKS, "--extended")
+            elsewhere = [n for n in names if n in {notebook.name for notebook in other}]
+            if elsewhere:
+                raise ValueError(f"{', '.join(elsewhere)}: run by `gad study {flag}`")
         if validation:
             run_study(out=out, only=names, interval=interval, notebooks=VALIDATION_NOTEBOOKS, keep_times=False,
                       force=force)

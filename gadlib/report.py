@@ -33,6 +33,7 @@ class Page:
     title: str
     source: str                       # Markdown, relative to the repository root
     notebook: str | None = None       # executed notebook, relative to the repository root
+    command: str = "make study"       # the command that writes it
 
 
 #: The teaching path: quickstart -> residual space -> explorer -> baselines -> the three studies -> scaling.
@@ -48,7 +49,8 @@ COURSE: tuple[Page, ...] = (
     Page("normal_abnormal", "Normal and abnormal references", "docs/normal_abnormal.md",
          "results/embedded/normal_abnormal/25_normal_abnormal.ipynb"),
     Page("three_gaps", "Three gaps and VOD", "docs/three_gaps.md", "results/embedded/three_gaps/30_three_gaps.ipynb"),
-    Page("scaling", "Scaling: source or method?", "docs/scaling.md", "results/embedded/scaling/40_scaling.ipynb"),
+    Page("scaling", "Scaling: source or method?", "docs/scaling.md", "results/embedded/scaling/40_scaling.ipynb",
+         "make study-extended"),
     Page("methods", "The methods as implemented", "docs/methods.md"),
     Page("reproduce", "Reproducing the papers", "docs/reproduce.md"),
     Page("engine", "Engine, speed and scale", "docs/engine.md"),
@@ -194,8 +196,8 @@ def build_report(out: str | Path = "build/report", root: str | Path | None = Non
                 body += links(_gallery(notebook.parent, root, shown), notebook)
                 name = f"{page.slug}_notebook.html"
                 body += (f'\n<hr><p class="notebook"><a href="{name}">The notebook, executed</a>: '
-                         f"<code>{page.notebook}</code> as <code>make study</code> ran it, every table and figure "
-                         "on this page comes from it.</p>\n")
+                         f"<code>{page.notebook}</code> as <code>{page.command}</code> ran it; the tables and figures "
+                         "on this page come from it or from the results folder they name.</p>\n")
                 document = links(notebook_html(notebook), notebook)
                 nav = _nav(every, page.slug).replace("<nav>", '<nav style="font-family: system-ui, sans-serif; '
                                                      'padding: .5em 1em; background: #f6f6f6">', 1)
@@ -203,7 +205,7 @@ def build_report(out: str | Path = "build/report", root: str | Path | None = Non
                 report.pages.append(name)
             else:
                 report.missing_notebooks.append(page.notebook)
-                body += (f"\n<hr><p><em>{page.notebook} is not in the results yet: <code>make study</code> "
+                body += (f"\n<hr><p><em>{page.notebook} is not in the results yet: <code>{page.command}</code> "
                          "writes it.</em></p>\n")
         previous = (f'<a href="{every[i - 1].slug}.html">← {html.escape(every[i - 1].title)}</a>' if i
                     else "<span></span>")

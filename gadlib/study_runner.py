@@ -81,8 +81,8 @@ STUDY_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
     ))
 # What `make study` leaves out to finish in 45 minutes on two cores, run by `make study-extended` (`gad study
 # --extended`) into the same results root and from the same cache: the three-gap notebook's VOD readings inside
-# kNN, ResAD, InCTRL-vision and NAGL ("+ A", "+ B"; about 14 of the 28 minutes that notebook took whole) and
-# the scaling study (about 14 minutes). Nothing is subsampled; the README says what and why.
+# kNN, ResAD, InCTRL-vision and NAGL ("+ A", "+ B"; 18.5 minutes after `make study`, of the 28 the notebook took
+# whole) and the scaling study (14.5 minutes). Nothing is subsampled; the README says what and why.
 EXTENDED_NOTEBOOKS: tuple[StudyNotebook, ...] = tuple(
     StudyNotebook(name, REPO_ROOT / "notebooks" / file, tuple(parameters.items())) for file, name, parameters in (
         ("30_three_gaps.ipynb", "three_gaps_readings", {"part": "readings"}),
@@ -360,16 +360,19 @@ def times_table(runs: dict, command: str = "make study") -> str:
     text = "\n".join(lines) + (f"\n\nWall time of `{command}` on this machine: cold = from an empty "
                                "cache, warm = a second run with nothing changed, rerun = every notebook run again "
                                "from the stored cells, models and features (after an edit of the library, or "
-                               "`--force`).\n")
+                               "`--force`), partial = a run that found part of its work stored and computed the rest "
+                               "(`make study-extended` after `make study`).\n")
     if any(n.get("skipped") for entry in runs.values() for n in entry.get("notebooks", {}).values()):
         text += ("\n\"up to date\": the notebook was not run again; its file, parameters, the library, the packages "
                  "and its outputs were as its last run from this cache left them (`gad study --force` runs it).\n")
-    cold = runs.get(COLD, {}).get("notebooks", {})
-    if any("work" in entry for entry in cold.values()):
-        text += ("\nWhere the cold run's computing went, per notebook: process-minutes (two workers give up to twice "
+    # the computing of the cold run, or else of a run that computed part (the extended study after `make study`)
+    measured = [k for k in (COLD, PARTIAL) if any("work" in e for e in runs.get(k, {}).get("notebooks", {}).values())]
+    computed = runs[measured[0]]["notebooks"] if measured else {}
+    if computed:
+        text += (f"\nWhere the {measured[0]} run's computing went, per notebook: process-minutes (two workers give up to twice "
                  "the wall time) of training, scoring and feature extraction, and the three costliest methods.\n\n"
                  "| notebook | wall | training | scoring | features | costliest |\n|---|---|---|---|---|---|\n")
-        for name, entry in cold.items():
+        for name, entry in computed.items():
             work = entry.get("work") or {}
             top = ", ".join(f"{method} {value / 60:.1f}" for method, value in list(work.get("by_method", {}).items())[:3])
             text += (f"| {name} | {format_duration(entry['seconds'])} | "

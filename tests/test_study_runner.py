@@ -121,6 +121,11 @@ def test_work_breakdown_sums_what_was_computed_by_kind_and_method(tmp_path):
     table = times_table({COLD: dict(seconds=700, notebooks=dict(nb=dict(seconds=650, work=work)))})
     assert "| nb | 10m50s | 8.3 | 1.2 | 1.0 | resad (training) 8.3, resad (scoring) 1.0, knn (scoring) 0.2 |" in table
     assert "Where the cold run" not in times_table({WARM: dict(seconds=5, notebooks=dict(nb=dict(seconds=5)))})
+    # without a cold run (the extended study after `make study`), the run that computed part of its work
+    partial = times_table({PARTIAL: dict(seconds=700, notebooks=dict(nb=dict(seconds=650, work=work)))},
+                          "make study-extended")
+    assert "Where the partial run's computing went" in partial and "| nb | 10m50s | 8.3 | 1.2 | 1.0 |" in partial
+    assert "Wall time of `make study-extended` on this machine" in partial
 
 
 def test_cache_is_empty_ignores_weights_and_datasets(tmp_path):
@@ -353,6 +358,8 @@ def test_cli_exits_non_zero_on_failure_and_on_bad_names(tmp_path, cache, monkeyp
     assert bad.exit_code == 2 and "--interval must be a positive number" in bad.output
     both = runner.invoke(app, ["study", "--validation", "--extended"])
     assert both.exit_code == 2 and "two different runs" in both.output
+    elsewhere = runner.invoke(app, ["study", "--only", "scaling"])
+    assert elsewhere.exit_code == 2 and "scaling: run by `gad study --extended`" in elsewhere.output
 
 
 def test_the_extended_study_records_its_times_in_its_own_file(toys, cache, tmp_path, monkeypatch):
