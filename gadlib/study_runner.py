@@ -18,7 +18,8 @@ The time left comes from the previous run of the same kind, recorded in ``<out>/
   per-notebook seconds, cell counts, date, cores, torch threads, workers and the git commit of that run.
 
 ``<out>/study_time.md`` shows the same as a table. Only runs of the whole notebook list are recorded (not
-``--only``).
+``--only``). What `make study` leaves out to fit 45 minutes (:data:`EXTENDED_NOTEBOOKS`) runs with
+``gad study --extended`` (`make study-extended`), whose runs go to ``<out>/study_extended_time.json`` the same way.
 
 A notebook that is **up to date** is not run again, as ``make`` skips a target newer than its sources: after
 each successful run a stamp in the cache (``<cache>/study-stamps/``) records a digest of everything the
@@ -114,6 +115,8 @@ def three_gap_part(variants: dict, part: str) -> dict:
             "pipeline": lambda label: not is_reading(label),
             "readings": lambda label: not is_pipeline(label)}[part]
     return {label: value for label, value in variants.items() if keep(label)}
+
+
 # Checks that chose the trained methods' defaults on held-out source categories (`make validate`): not part
 # of the study's time; re-run them when a default is in question.
 VALIDATION_NOTEBOOKS: tuple[StudyNotebook, ...] = (
@@ -369,8 +372,9 @@ def times_table(runs: dict, command: str = "make study") -> str:
     measured = [k for k in (COLD, PARTIAL) if any("work" in e for e in runs.get(k, {}).get("notebooks", {}).values())]
     computed = runs[measured[0]]["notebooks"] if measured else {}
     if computed:
-        text += (f"\nWhere the {measured[0]} run's computing went, per notebook: process-minutes (two workers give up to twice "
-                 "the wall time) of training, scoring and feature extraction, and the three costliest methods.\n\n"
+        text += (f"\nWhere the {measured[0]} run's computing went, per notebook: process-minutes (two workers "
+                 "give up to twice the wall time) of training, scoring and feature extraction, and the three "
+                 "costliest methods.\n\n"
                  "| notebook | wall | training | scoring | features | costliest |\n|---|---|---|---|---|---|\n")
         for name, entry in computed.items():
             work = entry.get("work") or {}
